@@ -1,0 +1,100 @@
+"""Base views: every API view inherits one of these, so every endpoint gets the conventions.
+
+* writes (POST/PUT/PATCH/DELETE) run in one transaction, rolled back on any error;
+* ``Idempotency-Key`` on writes (see ``idempotency``);
+* rate-limit headers on every response;
+* querysets restricted to what the caller may see (``scoping.restrict``), so detail URLs of
+  objects outside the caller's scope answer 404.
+
+Domain viewsets only declare queryset, serializer, filters and the service calls.
+"""
+
+from __future__ import annotations
+
+import math
+
+from django.db import transaction
+from rest_framework import mixins, viewsets
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import idempotency, scoping
+
+
+class _Replay(Exception):
+    def __init__(self, response: Response):
+        self.response = response
+
+
+class PlatformViewMixin:
+    """Transactions, idempotency and rate-limit headers for any DRF view."""
+
+    #: Set False on views whose failure path must still write (login records failed attempts).
+    transactional_writes = True
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.method in idempotency.UNSAFE_METHODS and self.transactional_writes:
+            with transaction.atomic():
+                return super().dispatch(request, *args, **kwargs)
+        return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        self._idempotency_claim = None
+        principal = request.user
+        if (
+            request.method in idempotency.UNSAFE_METHODS
+            and self.transactional_writes
+            and getattr(principal, "is_authenticated", False)
+        ):
+            outcome = idempotency.claim_or_replay(request._request, principal)
+            if isinstance(outcome, Response):
+                raise _Replay(outcome)
+            self._idempotency_claim = outcome
+
+    def handle_exception(self, exc):
+        if isinstance(exc, _Replay):
+            return exc.response
+        return super().handle_exception(exc)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        claim = getattr(self, "_idempotency_claim", None)
+        if claim is not None and response.status_code < 400:
+            idempotency.store(claim, response)
+        result = getattr(request._request, "rate_limit", None)
+        if result is not None:
+            response["X-RateLimit-Limit"] = str(result.limit)
+            response["X-RateLimit-Remaining"] = str(result.remaining)
+            response["X-RateLimit-Reset"] = str(math.ceil(result.reset))
+        return response
+
+
+class PlatformAPIView(PlatformViewMixin, APIView):
+    """Base for non-resource endpoints (login, me, health)."""
+
+
+class ScopedQuerysetMixin:
+    """Restrict ``get_queryset()`` to the caller's scope through the one scoping mechanism."""
+
+    def get_queryset(self):
+        return scoping.restrict(super().get_queryset(), self.request.user)
+
+
+class PlatformGenericViewSet(PlatformViewMixin, ScopedQuerysetMixin, viewsets.GenericViewSet):
+    """Base for resource viewsets; combine with DRF's mixins for the actions offered."""
+
+
+class PlatformReadOnlyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PlatformGenericViewSet):
+    """List and detail only: the resource has no write API (audit events)."""
+
+
+class PlatformModelViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    PlatformGenericViewSet,
+):
+    """Full CRUD; subclasses route ``perform_*`` to their services so every write is audited."""
