@@ -64,6 +64,12 @@ class TenantResolutionMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         connection.set_schema_to_public()
+        if request.path.startswith(EXEMPT_PATHS):
+            # Health probes touch no tenant data and must answer even when the database is down.
+            request.tenant = Tenant(schema_name=get_public_schema_name(), slug="", name="Control plane")
+            request.token_claims = None
+            request.token_error = None
+            return self.get_response(request)
         try:
             refusal = self._resolve(request)
             if refusal is not None:
@@ -117,7 +123,7 @@ class TenantResolutionMiddleware:
         elif x_tenant and not raw:
             return error_response(401, "not_authenticated", "Authentication credentials were not provided.")
 
-        if target is not None and target.is_suspended and not request.path.startswith(EXEMPT_PATHS):
+        if target is not None and target.is_suspended:
             return error_response(403, "tenant_suspended", "This tenant is suspended.")
 
         request.token_claims = claims
