@@ -90,7 +90,8 @@ def exception_handler(exc: Exception, context: dict) -> Response:
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
 
-    if transaction.get_connection().in_atomic_block:
+    # Roll back the write transaction the view opened (never an outer one it does not own).
+    if getattr(context.get("view"), "owns_transaction", False):
         transaction.set_rollback(True)
 
     response = drf_exception_handler(exc, context)
@@ -103,9 +104,10 @@ def exception_handler(exc: Exception, context: dict) -> Response:
 
     assert isinstance(exc, exceptions.APIException)
     if isinstance(exc, exceptions.ValidationError):
+        # One stable top-level code for all input errors; per-field codes sit in the details.
         details: Any = {"fields": exc.detail} if isinstance(exc.detail, dict) else {"errors": exc.detail}
-        code = _first_code(exc.get_codes(), "invalid")
-        code = "invalid" if code in {"invalid", "required", "null", "blank"} else code
+        details["codes"] = exc.get_codes()
+        code = "invalid"
         message = "Invalid input: " + _first_message(exc.detail)
     else:
         details = {}

@@ -31,10 +31,12 @@ class PlatformViewMixin:
 
     #: Set False on views whose failure path must still write (login records failed attempts).
     transactional_writes = True
+    owns_transaction = False
 
     def dispatch(self, request, *args, **kwargs):
         if request.method in idempotency.UNSAFE_METHODS and self.transactional_writes:
             with transaction.atomic():
+                self.owns_transaction = True
                 return super().dispatch(request, *args, **kwargs)
         return super().dispatch(request, *args, **kwargs)
 
@@ -51,6 +53,11 @@ class PlatformViewMixin:
             if isinstance(outcome, Response):
                 raise _Replay(outcome)
             self._idempotency_claim = outcome
+
+    def get_authenticate_header(self, request):
+        # DRF turns 401 into 403 on views without authentication classes (login, refresh);
+        # a bad credential is a 401 everywhere in this API.
+        return super().get_authenticate_header(request) or 'Bearer realm="rapidvalue"'
 
     def handle_exception(self, exc):
         if isinstance(exc, _Replay):
