@@ -8,6 +8,8 @@ through either console is audited like an API write.
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.forms.models import model_to_dict  # noqa: F401 - re-exported for admin modules
 
@@ -24,7 +26,17 @@ class ControlPlaneAdminSite(admin.AdminSite):
         return bool(user.is_active and user.is_staff and connection.schema_name == "public")
 
 
+class TenantConsoleLoginForm(AdminAuthenticationForm):
+    """Tenant console access follows the tenant roles, not Django's is_staff flag."""
+
+    def confirm_login_allowed(self, user) -> None:
+        if not (user.is_active and (user.is_admin or user.is_auditor)):
+            raise ValidationError(self.error_messages["invalid_login"], code="invalid_login",
+                                  params={"username": self.username_field.verbose_name})
+
+
 class TenantAdminSite(admin.AdminSite):
+    login_form = TenantConsoleLoginForm
     site_header = "RapidValue"
     site_title = "RapidValue"
     index_title = "Tenant console"

@@ -161,7 +161,10 @@ class Api:
         self.headers = headers
 
     def _headers(self, extra: dict[str, str]) -> dict[str, str]:
-        headers = dict(self.headers)
+        # Accept Django's META spelling (HTTP_X_TENANT_ID) as well as header names.
+        headers = {
+            (k[5:].replace("_", "-").title() if k.startswith("HTTP_") else k): v for k, v in self.headers.items()
+        }
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         headers.update(extra)
