@@ -34,7 +34,7 @@ SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when RAPIDVALUE_DEBUG is off")
-    SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 - development default
+    SECRET_KEY = "dev-only-insecure-secret-key-change-me"
 
 # Tenant domains are "<slug>.<base domain>"; the base domain itself serves the control plane.
 BASE_DOMAIN = os.environ.get("RAPIDVALUE_BASE_DOMAIN", "localhost").lower()
@@ -218,6 +218,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "ENUM_NAME_OVERRIDES": {},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "rapidvalue.api.schema.add_platform_conventions",
+    ],
 }
 
 CELERY_BROKER_URL = REDIS_URL

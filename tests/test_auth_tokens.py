@@ -162,7 +162,8 @@ class TestBearerTokenValidation:
     def test_token_claiming_another_tenant_with_a_valid_user_id_is_refused(self, api, world):
         # A correctly signed service token whose jti is not a row of the named tenant.
         client = api()
-        client.token = forge({"kind": "service", "tid": world.globex.tenant.pk, "jti": "00000000-0000-0000-0000-000000000000"})
+        client.token = forge({"kind": "service", "tid": world.globex.tenant.pk,
+                              "jti": "00000000-0000-0000-0000-000000000000"})
         assert_error(client.get("/api/v1/users"), 401)
 
     def test_no_token_is_401_with_bearer_challenge(self, api):
@@ -222,8 +223,9 @@ class TestServiceTokens:
 
     def test_expired_service_token_is_401(self, api, world):
         admin = api("acme", "admin")
-        created = admin.post("/api/v1/auth/service-tokens", {"name": "short-lived", "role": "admin",
-                                                             "expires_at": (timezone.now() + timedelta(hours=1)).isoformat()}).body
+        expires = (timezone.now() + timedelta(hours=1)).isoformat()
+        created = admin.post("/api/v1/auth/service-tokens",
+                             {"name": "short-lived", "role": "admin", "expires_at": expires}).body
         with tenant_context(world.acme.tenant):
             ApiToken.objects.filter(pk=created["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
         client = api()

@@ -139,3 +139,17 @@ def test_auditor_console_is_read_only(world, db):
     assert status == 302
     assert client.get("/admin/users/user/").status_code == 200
     assert client.get("/admin/users/user/add/").status_code == 403
+
+
+def test_control_plane_audit_log_is_append_only_in_the_database(world, db):
+    import pytest
+    from django.db import connection, transaction
+    from django.db.utils import ProgrammingError
+
+    assert ControlPlaneAuditEvent.objects.exists()
+    for statement in ("UPDATE tenancy_controlplaneauditevent SET action = 'x'",
+                      "DELETE FROM tenancy_controlplaneauditevent"):
+        with pytest.raises(ProgrammingError, match="append-only"), transaction.atomic(), \
+                connection.cursor() as cursor:
+            cursor.execute(statement)
+    assert ControlPlaneAuditEvent.objects.filter(action="tenant.provision").exists()

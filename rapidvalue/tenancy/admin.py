@@ -4,7 +4,7 @@ from rapidvalue.admin_sites import AuditedAdminMixin, ReadOnlyAdminMixin, admin_
 from rapidvalue.context import acting_as
 
 from . import services
-from .models import ControlPlaneAuditEvent, Domain, Tenant
+from .models import ControlPlaneAuditEvent, Domain, Tenant, schema_name_for
 
 
 class DomainInline(admin.TabularInline):
@@ -41,10 +41,11 @@ class TenantAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if not change:
-            from .models import schema_name_for
-
             obj.schema_name = schema_name_for(obj.slug)
         super().save_model(request, obj, form, change)
+        if not change:
+            # Every tenant answers on <slug>.<base domain>, as with provision_tenant.
+            Domain.objects.get_or_create(domain=obj.primary_domain, defaults={"tenant": obj, "is_primary": True})
 
     @admin.action(description="Suspend selected tenants")
     def suspend(self, request, queryset):

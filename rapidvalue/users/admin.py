@@ -1,5 +1,4 @@
 from django import forms
-from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminPasswordChangeForm, ReadOnlyPasswordHashField
 
@@ -28,7 +27,8 @@ class UserChangeForm(forms.ModelForm):
 
     class Meta:
         model = User
-        fields = "__all__"
+        fields = ("email", "password", "full_name", "is_active", "is_staff", "is_admin", "is_auditor",
+                  "identity_id", "last_login", "date_joined")
 
 
 class UserAdmin(AuditedAdminMixin, DjangoUserAdmin):

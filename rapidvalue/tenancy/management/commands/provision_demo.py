@@ -9,7 +9,7 @@ from rapidvalue.users.models import User
 
 from ._base import TenantCommand
 
-DEMO_PASSWORD = "demo-admin-pass"  # noqa: S105 - printed demo credential, development only
+DEMO_PASSWORD = "demo-admin-pass"
 STAFF_EMAIL = "staff@rapidvalue.local"
 
 
