@@ -89,6 +89,8 @@ TENANT_APPS = [
     "rapidvalue.authn",
     "rapidvalue.api",
     "rapidvalue.audit",
+    "identities",
+    "access",
 ]
 
 INSTALLED_APPS = list(SHARED_APPS) + [app for app in TENANT_APPS if app not in SHARED_APPS]
@@ -217,7 +219,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "IdentityStatusEnum": "identities.models.Identity.Status",
+        "AccountStatusEnum": "access.models.Account.Status",
+        "GrantStateEnum": "access.models.Grant.State",
+        "TenantStatusEnum": "rapidvalue.tenancy.models.Tenant.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "rapidvalue.api.schema.add_platform_conventions",

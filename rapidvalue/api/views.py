@@ -96,6 +96,48 @@ class PlatformReadOnlyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, 
     """List and detail only: the resource has no write API (audit events)."""
 
 
+class AuditedWritesMixin:
+    """Plain create/update/delete for models whose only rule is validation: saved and audited.
+
+    Models with business rules (users, identities, accounts) route ``perform_*`` to their
+    services instead; this is the service layer for catalog-like data.
+    """
+
+    audit_object_type = ""
+
+    def _audit_type(self) -> str:
+        return self.audit_object_type or self.get_queryset().model._meta.model_name
+
+    def perform_create(self, serializer):
+        from rapidvalue.audit import services as audit
+
+        instance = serializer.save()
+        audit.record(f"{self._audit_type()}.create", self._audit_type(), instance.pk, after=audit.snapshot(instance))
+
+    def perform_update(self, serializer):
+        from rapidvalue.audit import services as audit
+
+        before = audit.snapshot(serializer.instance)
+        instance = serializer.save()
+        audit.record(f"{self._audit_type()}.update", self._audit_type(), instance.pk, before=before,
+                     after=audit.snapshot(instance))
+
+    def perform_destroy(self, instance):
+        from django.db.models import ProtectedError
+
+        from rapidvalue.audit import services as audit
+
+        from .errors import Conflict
+
+        before = audit.snapshot(instance)
+        pk = instance.pk
+        try:
+            instance.delete()
+        except ProtectedError as exc:
+            raise Conflict("Other objects still refer to this one.", code="in_use") from exc
+        audit.record(f"{self._audit_type()}.delete", self._audit_type(), pk, before=before)
+
+
 class PlatformModelViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,

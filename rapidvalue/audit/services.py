@@ -44,6 +44,9 @@ def snapshot(instance: models.Model, exclude: tuple[str, ...] = ()) -> dict[str,
             data[field.name] = "[redacted]"
             continue
         data[field.name] = _jsonable(getattr(instance, name))
+    if instance.pk is not None and not instance._state.adding:
+        for m2m in instance._meta.many_to_many:
+            data[m2m.name] = sorted(str(pk) for pk in getattr(instance, m2m.name).values_list("pk", flat=True))
     return data
 
 

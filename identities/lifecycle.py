@@ -1,0 +1,52 @@
+"""Joiner / mover / leaver: the stable internal interface other apps subscribe to.
+
+The identity services call :func:`raise_event` inside their transaction. The event is recorded
+(``LifecycleEvent``) and each subscriber runs in the same transaction, so that a change and its
+consequences (a leaver's accounts disabled and grants ended, later: birthright grants, reviews,
+webhooks) commit or roll back together. Subscribers register in their app's ``ready()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .models import Identity, LifecycleEvent
+
+JOINER = LifecycleEvent.Kind.JOINER
+MOVER = LifecycleEvent.Kind.MOVER
+LEAVER = LifecycleEvent.Kind.LEAVER
+
+# Changing any of these makes an identity a mover.
+MOVER_FIELDS = ("department", "title", "manager_id", "location", "status")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    identity: Identity
+    changes: dict[str, list[Any]] = field(default_factory=dict)
+    source: str = "api"
+    record: LifecycleEvent | None = None
+
+
+Subscriber = Callable[[Event], None]
+_subscribers: dict[str, list[Subscriber]] = {JOINER: [], MOVER: [], LEAVER: []}
+
+
+def subscribe(kind: str, handler: Subscriber) -> None:
+    """Run ``handler`` for every event of ``kind`` (idempotent per handler)."""
+    if handler not in _subscribers[kind]:
+        _subscribers[kind].append(handler)
+
+
+def raise_event(kind: str, identity: Identity, changes: dict[str, list[Any]] | None = None,
+                source: str = "api") -> Event:
+    """Record the event and run its subscribers in the caller's transaction."""
+    changes = changes or {}
+    record = LifecycleEvent.objects.create(kind=kind, identity=identity, changes=changes, source=source)
+    event = Event(kind=kind, identity=identity, changes=changes, source=source, record=record)
+    for handler in list(_subscribers[kind]):
+        handler(event)
+    return event

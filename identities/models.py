@@ -1,0 +1,93 @@
+"""Identities (people) and their lifecycle events.
+
+The manager chain is kept as a materialized path (``path``: the hex ids of every ancestor and
+the identity itself, each followed by ``/``), so that "everyone under this manager, at any
+depth" is one indexed prefix scan rather than a recursive walk per request. The path is
+maintained by the services (one UPDATE per subtree move), never by hand.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models.functions import Upper
+
+
+class Identity(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        TERMINATED = "terminated", "Terminated"
+
+    class EmploymentType(models.TextChoices):
+        EMPLOYEE = "employee", "Employee"
+        CONTRACTOR = "contractor", "Contractor"
+        INTERN = "intern", "Intern"
+        TEMPORARY = "temporary", "Temporary"
+        OTHER = "other", "Other"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    external_id = models.CharField(max_length=200, unique=True, help_text="The id in the authoritative source (HR).")
+    email = models.EmailField(blank=True, db_index=True)
+    first_name = models.CharField(max_length=100, blank=True)
+    last_name = models.CharField(max_length=100, blank=True)
+    display_name = models.CharField(max_length=200, blank=True)
+    department = models.CharField(max_length=200, blank=True, db_index=True)
+    title = models.CharField(max_length=200, blank=True)
+    location = models.CharField(max_length=200, blank=True)
+    employment_type = models.CharField(max_length=20, choices=EmploymentType.choices, default=EmploymentType.EMPLOYEE)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+    start_date = models.DateField(null=True, blank=True)
+    end_date = models.DateField(null=True, blank=True)
+    manager = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="direct_reports"
+    )
+    manager_external_id = models.CharField(
+        max_length=200, blank=True, db_index=True,
+        help_text="The manager as the source named it; linked as soon as that identity exists.",
+    )
+    path = models.CharField(max_length=4000, editable=False, default="")
+    depth = models.PositiveSmallIntegerField(default=0, editable=False)
+    attributes = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "identities"
+        ordering = ["last_name", "first_name", "id"]
+        indexes = [
+            models.Index(fields=["last_name", "first_name", "id"], name="identity_name_order_idx"),
+            models.Index(fields=["path"], opclasses=["varchar_pattern_ops"], name="identity_path_prefix_idx"),
+            models.Index(Upper("email"), name="identity_email_upper_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name or f"{self.first_name} {self.last_name}".strip() or self.external_id
+
+    @property
+    def path_segment(self) -> str:
+        return f"{self.id.hex}/"
+
+
+class LifecycleEvent(models.Model):
+    """A joiner, mover or leaver event, as raised by the identity services (the record of it)."""
+
+    class Kind(models.TextChoices):
+        JOINER = "joiner", "Joiner"
+        MOVER = "mover", "Mover"
+        LEAVER = "leaver", "Leaver"
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, db_index=True)
+    identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="lifecycle_events")
+    changes = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=50, default="api")
+    occurred_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.identity_id}"
