@@ -128,6 +128,17 @@ class RoleInclusion(models.Model):
     def __str__(self) -> str:
         return f"{self.parent_id} > {self.child_id}"
 
+    def clean(self) -> None:
+        """Refuse a link that would make a role include itself (console and API alike)."""
+        from django.core.exceptions import ValidationError
+
+        from .services import _descendants
+
+        if self.parent_id and self.child_id and (
+            self.parent_id == self.child_id or self.parent_id in _descendants([self.child_id])
+        ):
+            raise ValidationError({"child": "A role cannot include itself, directly or through other roles."})
+
 
 class Grant(models.Model):
     """An identity (or one of its accounts) holds an entitlement or a role."""
