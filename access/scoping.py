@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from identities import scoping as identity_scoping
+from identities.models import Identity
 from rapidvalue.api import scoping
 
 from .models import Account, Application, Entitlement, Grant, Role
@@ -24,11 +25,13 @@ def resource_owner_filter(principal) -> Q | None:
         return None
     owned_apps = Application.objects.filter(owners=me).values("pk")
     owned_roles = Role.objects.filter(owners=me).values("pk")
-    owns_anything = (
-        Application.objects.filter(owners=me).exists()
-        or Role.objects.filter(owners=me).exists()
-        or Entitlement.objects.filter(owner=me).exists()
-    )
+    # One query to learn whether the principal owns anything at all; most principals do not,
+    # and then the (larger) grant subqueries are left out of their scope entirely.
+    owns_anything = Identity.objects.filter(pk=me).filter(
+        Exists(Application.owners.through.objects.filter(identity_id=OuterRef("pk")))
+        | Exists(Role.owners.through.objects.filter(identity_id=OuterRef("pk")))
+        | Exists(Entitlement.objects.filter(owner_id=OuterRef("pk")))
+    ).exists()
     if not owns_anything:
         return None
     on_owned = Grant.objects.filter(

@@ -30,6 +30,19 @@ def _worker_index() -> int:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing():
+    """Hashing cost is not under test: a cheap hasher first, PBKDF2 still verifies older hashes."""
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    ]
+    from django.contrib.auth.hashers import get_hashers, get_hashers_by_algorithm
+
+    get_hashers.cache_clear()
+    get_hashers_by_algorithm.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_redis():
     """Point this worker at a Redis database of its own (1.., leaving 0 to development).
 

@@ -1,0 +1,135 @@
+"""The visibility matrix: admin, auditor, manager at depth 1 and 5, resource owner, both, none.
+
+Applied to every endpoint that exposes identity data, lists and details alike.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Api, assert_error
+from tests.org import CHAIN, build_org
+
+ALL = set(CHAIN) | {"vp2", "owner", "holder", "acct", "both", "loner", "both_report"}
+EXPECTED = {
+    "admin": ALL,
+    "auditor": ALL,
+    "manager1": set(CHAIN[1:]),
+    "manager5": {"d5", "d6", "d7"},
+    "owner": {"owner", "holder", "acct"},
+    "both": {"both", "both_report", "d3"},
+    "loner": {"loner"},
+    "nobody": set(),
+}
+
+
+@pytest.fixture
+def org(world, db):
+    return build_org(world)
+
+
+def client_for(world, org, who: str) -> Api:
+    token = world.acme.tokens[who] if who in ("admin", "auditor") else org.tokens[who]
+    return Api(token)
+
+
+def listed(client: Api, path: str) -> list[dict]:
+    response = client.get(path)
+    assert response.status_code == 200, response.body
+    return response.body["items"]
+
+
+@pytest.mark.parametrize("who", list(EXPECTED))
+def test_identity_list_and_detail(world, org, who):
+    client = client_for(world, org, who)
+    seen = {i["id"] for i in listed(client, "/api/v1/identities?limit=500")}
+    expected = org.ids(*EXPECTED[who])
+    if who in ("admin", "auditor"):
+        assert expected <= seen
+    else:
+        assert seen == expected
+    for name in ALL:
+        response = client.get(f"/api/v1/identities/{org.id(name)}")
+        if name in EXPECTED[who]:
+            assert response.status_code == 200
+        else:
+            assert_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize("who", list(EXPECTED))
+def test_grants_follow_identity_visibility(world, org, who):
+    client = client_for(world, org, who)
+    holders = {g["identity"] for g in listed(client, "/api/v1/entitlements/grants?limit=500")}
+    expected_holders = org.ids(*({"holder", "d3", "d6"} & EXPECTED[who]))
+    if who in ("admin", "auditor"):
+        assert expected_holders <= holders
+    else:
+        assert holders == expected_holders
+
+
+@pytest.mark.parametrize("who", list(EXPECTED))
+def test_accounts_follow_identity_visibility_and_orphans_are_admin_only(world, org, who):
+    client = client_for(world, org, who)
+    accounts = {a["id"] for a in listed(client, "/api/v1/accounts?limit=500")}
+    account, orphan = str(org.objects["account"].pk), str(org.objects["orphan"].pk)
+    assert (account in accounts) == ("acct" in EXPECTED[who])
+    assert (orphan in accounts) == (who in ("admin", "auditor"))
+    detail = client.get(f"/api/v1/accounts/{orphan}")
+    assert detail.status_code == (200 if who in ("admin", "auditor") else 404)
+
+
+@pytest.mark.parametrize("who", ["manager1", "manager5", "owner", "both", "loner"])
+def test_reports_and_access_of_invisible_identities_are_404(world, org, who):
+    client = client_for(world, org, who)
+    hidden = sorted(ALL - EXPECTED[who])[0]
+    assert_error(client.get(f"/api/v1/identities/{org.id(hidden)}/reports"), 404)
+    assert_error(client.get(f"/api/v1/identities/{org.id(hidden)}/access"), 404)
+    visible = sorted(EXPECTED[who])[0]
+    assert client.get(f"/api/v1/identities/{org.id(visible)}/access").status_code == 200
+
+
+def test_manager_reports_are_scoped_too(world, org):
+    client = client_for(world, org, "manager5")
+    names = {i["id"] for i in listed(client, f"/api/v1/identities/{org.id('d5')}/reports?indirect=true")}
+    assert names == org.ids("d6", "d7")
+
+
+def test_catalog_is_visible_to_everyone_but_writable_by_admins_only(world, org):
+    for who in ("manager1", "nobody", "owner"):
+        client = client_for(world, org, who)
+        assert {a["name"] for a in listed(client, "/api/v1/entitlements/applications")} >= {"Payroll", "CRM"}
+        assert listed(client, "/api/v1/entitlements/roles")
+        assert_error(client.post("/api/v1/entitlements/applications", {"name": "Shadow IT"}), 403)
+        assert_error(client.post("/api/v1/identities", {"external_id": "x"}), 403)
+
+
+def test_scoped_users_cannot_write_identity_data(world, org):
+    client = client_for(world, org, "manager1")
+    assert_error(client.patch(f"/api/v1/identities/{org.id('d2')}", {"title": "Boss"}), 403)
+    assert_error(client.post(f"/api/v1/identities/{org.id('d2')}/deactivate"), 403)
+    assert_error(client.post(f"/api/v1/accounts/{org.objects['account'].pk}/disable"), 403)
+
+
+def test_other_tenant_sees_none_of_it(world, org):
+    client = Api(world.globex.tokens["admin"])
+    assert listed(client, "/api/v1/identities") == []
+    assert listed(client, "/api/v1/entitlements/grants") == []
+    assert listed(client, "/api/v1/accounts") == []
+    assert_error(client.get(f"/api/v1/identities/{org.id('ceo')}"), 404)
+    assert_error(client.get(f"/api/v1/accounts/{org.objects['account'].pk}"), 404)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/identities", "/api/v1/accounts", "/api/v1/entitlements/grants"])
+def test_scoped_lists_cost_the_same_queries_for_1_or_500_rows(world, org, path, django_assert_max_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(world, org, "owner")
+    with CaptureQueriesContext(connection) as one:
+        client.get(f"{path}?limit=1")
+    with CaptureQueriesContext(connection) as many:
+        client.get(f"{path}?limit=500")
+    assert len(one) == len(many)
+    # host, tenant, user, own path, ownership, count, page (+ search_path switches): no per-row query.
+    with django_assert_max_num_queries(10):
+        client.get(f"{path}?limit=500")
