@@ -44,8 +44,8 @@ def build_org(world) -> Org:
         def person(name: str, manager: str | None = None, **extra):
             org.people[name] = identity_services.create_identity(
                 external_id=f"hr-{name}", email=f"{name}@acme.example", first_name=name.title(), last_name="Test",
-                department=extra.pop("department", "Engineering"), manager_external_id=f"hr-{manager}" if manager else None,
-                **extra,
+                department=extra.pop("department", "Engineering"),
+                manager_external_id=f"hr-{manager}" if manager else None, **extra,
             )
 
         previous = None
