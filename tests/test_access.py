@@ -1,0 +1,177 @@
+"""Applications, accounts, the entitlement catalog, roles and grants; effective access."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_tenants.utils import tenant_context
+
+from access.effective import effective_access
+from access.models import Account, Grant
+from rapidvalue.audit.models import AuditEvent
+from tests.conftest import assert_error
+
+
+@pytest.fixture
+def catalog(api, world):
+    client = api("acme", "admin")
+    person = client.post("/api/v1/identities", {"external_id": "acc-1", "first_name": "Ann"}).body
+    other = client.post("/api/v1/identities", {"external_id": "acc-2", "first_name": "Ben"}).body
+    app = client.post("/api/v1/entitlements/applications", {"name": "ERP", "owners": [other["id"]]}).body
+    ents = {
+        v: client.post("/api/v1/entitlements", {"application": app["id"], "value": v, "risk_level": "high"}).body
+        for v in ("erp-read", "erp-write", "erp-approve", "erp-admin")
+    }
+    return client, person, other, app, ents
+
+
+def test_catalog_crud_is_audited(catalog, world):
+    client, _, _, app, ents = catalog
+    assert app["owners"] and ents["erp-read"]["application"] == app["id"]
+    updated = client.patch(f"/api/v1/entitlements/{ents['erp-read']['id']}", {"requestable": False})
+    assert updated.status_code == 200 and updated.body["requestable"] is False
+    assert client.delete(f"/api/v1/entitlements/{ents['erp-admin']['id']}").status_code == 204
+    with tenant_context(world.acme.tenant):
+        actions = list(AuditEvent.objects.filter(object_type__in=["application", "entitlement"])
+                       .values_list("action", flat=True))
+    assert "application.create" in actions and actions.count("entitlement.create") == 4
+    assert "entitlement.update" in actions and "entitlement.delete" in actions
+
+
+def test_entitlement_filters_and_bad_input(catalog):
+    client, _, _, app, _ = catalog
+    assert client.get("/api/v1/entitlements?q=approve").body["total"] == 1
+    assert client.get(f"/api/v1/entitlements?application={app['id']}&risk_level=high").body["total"] == 4
+    assert_error(client.get("/api/v1/entitlements?risk_level=extreme"), 400, "invalid")
+    assert_error(client.post("/api/v1/entitlements", {"application": app["id"], "value": "erp-read"}), 400, "invalid")
+    assert_error(client.post("/api/v1/entitlements", {"application": "nope", "value": "v"}), 400, "invalid")
+    assert_error(client.post("/api/v1/entitlements/applications", {"name": "ERP"}), 400, "invalid")
+
+
+def test_effective_access_expands_nested_roles_with_paths_in_one_query(catalog, world):
+    client, person, _, _, ents = catalog
+    base = client.post("/api/v1/entitlements/roles",
+                       {"name": "ERP base", "entitlements": [ents["erp-read"]["id"]]}).body
+    power = client.post("/api/v1/entitlements/roles", {"name": "ERP power", "entitlements": [ents["erp-write"]["id"]],
+                                                       "includes": [base["id"]]}).body
+    top = client.post("/api/v1/entitlements/roles", {"name": "ERP lead", "includes": [power["id"]]}).body
+    for body in ({"role": top["id"], "source": "request"},
+                 {"entitlement": ents["erp-approve"]["id"], "source": "birthright"},
+                 {"entitlement": ents["erp-read"]["id"], "source": "direct"}):
+        response = client.post("/api/v1/entitlements/grants", {"identity": person["id"], **body})
+        assert response.status_code == 201, response.body
+
+    items = client.get(f"/api/v1/identities/{person['id']}/access").body["items"]
+    roles = {i["role"]["name"]: i for i in items if i["kind"] == "role"}
+    assert set(roles) == {"ERP lead", "ERP power", "ERP base"}
+    assert roles["ERP lead"]["path"] == "request" and roles["ERP lead"]["via_roles"] == []
+    assert [r["name"] for r in roles["ERP base"]["via_roles"]] == ["ERP lead", "ERP power"]
+    ents_seen = {(i["entitlement"]["value"], i["path"]) for i in items if i["kind"] == "entitlement"}
+    assert ents_seen == {("erp-read", "role"), ("erp-write", "role"), ("erp-approve", "birthright"),
+                         ("erp-read", "direct")}
+    read_via_role = next(i for i in items if i["kind"] == "entitlement" and i["path"] == "role"
+                         and i["entitlement"]["value"] == "erp-read")
+    assert [r["name"] for r in read_via_role["via_roles"]] == ["ERP lead", "ERP power", "ERP base"]
+    with tenant_context(world.acme.tenant), CaptureQueriesContext(connection) as queries:
+        effective_access(person["id"])
+    assert len([q for q in queries if not q["sql"].startswith("SET search_path")]) == 1
+
+
+def test_ended_grants_are_not_effective(catalog, world):
+    client, person, _, _, ents = catalog
+    grant = client.post("/api/v1/entitlements/grants", {"identity": person["id"],
+                                                         "entitlement": ents["erp-read"]["id"]}).body
+    assert client.get(f"/api/v1/identities/{person['id']}/access").body["total"] == 1
+    assert client.post(f"/api/v1/entitlements/grants/{grant['id']}/end").body["state"] == "ended"
+    assert client.get(f"/api/v1/identities/{person['id']}/access").body["total"] == 0
+    assert_error(client.post(f"/api/v1/entitlements/grants/{grant['id']}/end"), 409, "already_ended")
+
+
+def test_role_cycles_are_refused(catalog):
+    client = catalog[0]
+    a = client.post("/api/v1/entitlements/roles", {"name": "A"}).body
+    b = client.post("/api/v1/entitlements/roles", {"name": "B", "includes": [a["id"]]}).body
+    c = client.post("/api/v1/entitlements/roles", {"name": "C", "includes": [b["id"]]}).body
+    assert_error(client.patch(f"/api/v1/entitlements/roles/{a['id']}", {"includes": [c["id"]]}), 409, "role_cycle")
+    assert_error(client.patch(f"/api/v1/entitlements/roles/{a['id']}", {"includes": [a["id"]]}), 409, "role_cycle")
+    assert client.get(f"/api/v1/entitlements/roles/{a['id']}").body["includes"] == []
+
+
+@pytest.mark.parametrize("make_body", [
+    lambda p, e, r: {"identity": p, "entitlement": e, "role": r},
+    lambda p, e, r: {"identity": p},
+    lambda p, e, r: {"entitlement": e},
+    lambda p, e, r: {"identity": p, "entitlement": e, "source": "magic"},
+    lambda p, e, r: {"identity": p, "entitlement": e, "valid_from": "2026-02-01T00:00:00Z",
+                     "valid_until": "2026-01-01T00:00:00Z"},
+    lambda p, e, r: {"identity": "00000000-0000-0000-0000-000000000000", "entitlement": e},
+])
+def test_bad_grants_are_400_and_create_nothing(catalog, world, make_body):
+    client, person, _, _, ents = catalog
+    role = client.post("/api/v1/entitlements/roles", {"name": "R"}).body
+    with tenant_context(world.acme.tenant):
+        before = Grant.objects.count()
+    body = make_body(person["id"], ents["erp-read"]["id"], role["id"])
+    assert_error(client.post("/api/v1/entitlements/grants", body), 400, "invalid")
+    with tenant_context(world.acme.tenant):
+        assert Grant.objects.count() == before
+
+
+def test_grants_walk_with_cursor(catalog, world):
+    client, person, other, _, ents = catalog
+    for who in (person, other):
+        for ent in ents.values():
+            client.post("/api/v1/entitlements/grants", {"identity": who["id"], "entitlement": ent["id"]})
+    page = client.get("/api/v1/entitlements/grants?limit=3").body
+    seen = [g["id"] for g in page["items"]]
+    while page["next_cursor"]:
+        page = client.get(f"/api/v1/entitlements/grants?limit=3&cursor={page['next_cursor']}").body
+        seen += [g["id"] for g in page["items"]]
+    assert len(seen) == len(set(seen)) == 8 and seen == sorted(seen)
+    filtered = client.get(f"/api/v1/entitlements/grants?identity={person['id']}").body
+    assert filtered["total"] == 4
+
+
+def test_account_lifecycle_actions(catalog, world):
+    client, person, _, app, ents = catalog
+    account = client.post("/api/v1/accounts", {"application": app["id"], "native_id": "u1", "username": "ann"}).body
+    assert account["is_orphan"] is True and account["status"] == "active"
+    path = f"/api/v1/accounts/{account['id']}"
+    assert client.post(f"{path}/link", {"identity_id": person["id"]}).body["identity"] == person["id"]
+    assert client.post(f"{path}/disable").body["status"] == "disabled"
+    assert client.post(f"{path}/enable").body["status"] == "active"
+    assert client.post(f"{path}/unlink").body["identity"] is None
+    assert_error(client.post(f"{path}/unlink"), 409, "not_linked")
+    assert_error(client.post(f"{path}/link", {"identity_id": "nope"}), 400, "invalid")
+    client.post("/api/v1/entitlements/grants", {"account": account["id"], "entitlement": ents["erp-read"]["id"]})
+    assert client.post(f"{path}/delete").body["status"] == "deleted"
+    assert_error(client.post(f"{path}/enable"), 409, "account_deleted")
+    with tenant_context(world.acme.tenant):
+        assert set(Grant.objects.filter(account_id=account["id"]).values_list("state", flat=True)) == {"ended"}
+        trail = AuditEvent.objects.filter(object_id=account["id"]).order_by("id")
+        actions = list(trail.values_list("action", flat=True))
+    assert actions == ["account.create", "account.link", "account.disable", "account.enable", "account.unlink",
+                       "account.delete"]
+
+
+def test_orphan_and_dormant_filters(catalog, world):
+    client, person, _, app, _ = catalog
+    with tenant_context(world.acme.tenant):
+        Account.objects.create(application_id=app["id"], native_id="o1")
+        Account.objects.create(application_id=app["id"], native_id="fresh", identity_id=person["id"],
+                               last_login_at=timezone.now())
+        Account.objects.create(application_id=app["id"], native_id="stale", identity_id=person["id"],
+                               last_login_at=timezone.now() - timedelta(days=200))
+
+    def natives(query):
+        return {a["native_id"] for a in client.get(f"/api/v1/accounts?{query}").body["items"]}
+
+    assert natives("orphan=true") == {"o1"}
+    assert natives("orphan=false") == {"fresh", "stale"}
+    assert natives("dormant_days=90") == {"o1", "stale"}
+    assert_error(client.get("/api/v1/accounts?dormant_days=-1"), 400, "invalid")
+    assert_error(client.get("/api/v1/accounts?status=gone"), 400, "invalid")
