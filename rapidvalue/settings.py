@@ -59,9 +59,11 @@ FERNET_KEYS = env_list("RAPIDVALUE_FERNET_KEYS") or [
 # Outbound HTTP to loopback/private ranges is refused unless this is set (dev and on-prem tests).
 ALLOW_PRIVATE_TARGETS = env_bool("RAPIDVALUE_ALLOW_PRIVATE_TARGETS", False)
 
+# rapidvalue.tenancy comes before django_tenants so that our tenant commands (delete_tenant,
+# ...) take precedence over django-tenants' own commands of the same name.
 SHARED_APPS = [
-    "django_tenants",
     "rapidvalue.tenancy",
+    "django_tenants",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "rapidvalue.users",

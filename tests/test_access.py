@@ -175,3 +175,17 @@ def test_orphan_and_dormant_filters(catalog, world):
     assert natives("dormant_days=90") == {"o1", "stale"}
     assert_error(client.get("/api/v1/accounts?dormant_days=-1"), 400, "invalid")
     assert_error(client.get("/api/v1/accounts?status=gone"), 400, "invalid")
+
+
+def test_demo_seed_builds_a_realistic_org_once(world, db):
+    from access import demo
+    from identities.models import Identity
+
+    with tenant_context(world.acme.tenant):
+        first = demo.seed(people=40)
+        again = demo.seed(people=40)
+        assert first.identities == 40 and first == again
+        assert Identity.objects.filter(manager__isnull=True).count() == 1  # one CEO at the top
+        assert Identity.objects.filter(depth__gte=2).exists()
+        assert Account.objects.filter(identity__isnull=True).count() == 6
+        assert effective_access(Identity.objects.filter(department="Engineering").first().pk)
