@@ -153,3 +153,16 @@ def test_control_plane_audit_log_is_append_only_in_the_database(world, db):
                 connection.cursor() as cursor:
             cursor.execute(statement)
     assert ControlPlaneAuditEvent.objects.filter(action="tenant.provision").exists()
+
+
+def test_tenant_console_shows_identities_with_search_filters_and_org_chain(world, db):
+    from tests.org import build_org
+
+    org = build_org(world)
+    client, _ = _console_login(world.acme.domain, "admin@acme.test")
+    listing = client.get("/admin/identities/identity/?q=D5&status__exact=active")
+    assert listing.status_code == 200 and b"hr-d5" in listing.content and b"hr-d4" not in listing.content
+    page = client.get(f"/admin/identities/identity/{org.id('d5')}/change/")
+    chain = page.content.decode()
+    assert page.status_code == 200
+    assert "Ceo Test → Vp Test → D2 Test → D3 Test → D4 Test" in chain

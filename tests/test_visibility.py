@@ -133,3 +133,21 @@ def test_scoped_lists_cost_the_same_queries_for_1_or_500_rows(world, org, path, 
     # host, tenant, user, own path, ownership, count, page (+ search_path switches): no per-row query.
     with django_assert_max_num_queries(10):
         client.get(f"{path}?limit=500")
+
+
+@pytest.mark.parametrize("who", ["manager1", "owner", "loner"])
+def test_grant_detail_outside_scope_is_404(world, org, who):
+    from django_tenants.utils import tenant_context
+
+    from access.models import Grant
+
+    with tenant_context(world.acme.tenant):
+        grants = {g.identity_id.hex: str(g.pk) for g in Grant.objects.filter(identity__isnull=False)}
+    client = client_for(world, org, who)
+    for name in ("holder", "d3", "d6"):
+        grant_id = grants[org.people[name].pk.hex]
+        response = client.get(f"/api/v1/entitlements/grants/{grant_id}")
+        if name in EXPECTED[who]:
+            assert response.status_code == 200
+        else:
+            assert_error(response, 404, "not_found")
