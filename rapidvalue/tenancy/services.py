@@ -92,7 +92,8 @@ def provision_tenant(
 
     from rapidvalue.users.models import User
 
-    slug = (slug or "").strip().lower()
+    # Validate the slug as given: "Acme" is refused, never silently rewritten to "acme".
+    slug = (slug or "").strip()
     try:
         validate_tenant_slug(slug)
     except ValidationError as exc:
