@@ -13,12 +13,24 @@ from django.utils import timezone
 
 from rapidvalue.api.errors import Conflict
 from rapidvalue.audit import services as audit
+from rapidvalue.webhooks.events import emit
 
 from . import lifecycle
 from .models import Identity
 
 FIELDS = ("email", "first_name", "last_name", "display_name", "department", "title", "location",
           "employment_type", "status", "start_date", "end_date", "attributes")
+
+
+def webhook_data(identity: Identity) -> dict[str, Any]:
+    """The identity part of identity.* webhook payloads (version 1)."""
+    return {
+        "id": str(identity.pk), "external_id": identity.external_id, "email": identity.email,
+        "first_name": identity.first_name, "last_name": identity.last_name, "display_name": identity.display_name,
+        "department": identity.department, "title": identity.title, "location": identity.location,
+        "status": identity.status, "manager_id": str(identity.manager_id) if identity.manager_id else None,
+        "manager_external_id": identity.manager_external_id,
+    }
 
 
 class ManagerCycle(Conflict):
@@ -98,6 +110,7 @@ def create_identity(*, external_id: str, manager_external_id: str | None = None,
     identity.refresh_from_db()
     audit.record("identity.create", "identity", identity.pk, after=audit.snapshot(identity, exclude=("path",)))
     lifecycle.raise_event(lifecycle.JOINER, identity, source=source)
+    emit("identity.created", {"identity": webhook_data(identity)})
     return identity
 
 
@@ -133,8 +146,11 @@ def update_identity(identity: Identity, *, source: str = "api", **changes: Any) 
     mover_changes = {k: v for k, v in changed.items() if k in {"department", "title", "manager", "location", "status"}}
     if changed.get("status", [None, None])[1] == Identity.Status.TERMINATED:
         lifecycle.raise_event(lifecycle.LEAVER, identity, mover_changes, source=source)
-    elif mover_changes:
-        lifecycle.raise_event(lifecycle.MOVER, identity, mover_changes, source=source)
+        emit("identity.deactivated", {"identity": webhook_data(identity), "changes": changed})
+    else:
+        if mover_changes:
+            lifecycle.raise_event(lifecycle.MOVER, identity, mover_changes, source=source)
+        emit("identity.updated", {"identity": webhook_data(identity), "changes": changed})
     return identity
 
 

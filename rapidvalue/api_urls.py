@@ -17,11 +17,15 @@ from rapidvalue.api.errors import api_not_found
 from rapidvalue.audit.api import AuditEventViewSet
 from rapidvalue.authn.api import AgentWhoAmIView, LoginView, LogoutView, MeView, RefreshView, ServiceTokenViewSet
 from rapidvalue.users.api import UserViewSet
+from rapidvalue.webhooks.api import DeliveryViewSet, WebhookViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("auth/service-tokens", ServiceTokenViewSet, basename="service-token")
 router.register("users", UserViewSet, basename="user")
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
+router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register(r"webhooks/(?P<subscription_pk>[0-9a-fA-F-]{32,36})/deliveries", DeliveryViewSet,
+                basename="webhook-delivery")
 
 urlpatterns = [
     path("auth/login", LoginView.as_view(), name="auth-login"),

@@ -91,6 +91,7 @@ TENANT_APPS = [
     "rapidvalue.authn",
     "rapidvalue.api",
     "rapidvalue.audit",
+    "rapidvalue.webhooks",
     "identities",
     "access",
 ]
@@ -243,6 +244,10 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULE = {
+    "sweep-webhook-deliveries": {
+        "task": "rapidvalue.webhooks.tasks.sweep_webhooks_all_tenants",
+        "schedule": timedelta(seconds=30),
+    },
     "purge-expired-idempotency-records": {
         "task": "rapidvalue.api.tasks.purge_idempotency_records_all_tenants",
         "schedule": timedelta(hours=1),

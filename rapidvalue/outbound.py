@@ -1,0 +1,60 @@
+"""All outbound HTTP (webhooks, sync callbacks, later SCIM) goes through here.
+
+One place for timeouts and the server-side request forgery guard: targets that resolve to
+loopback, link-local, private, multicast or reserved addresses are refused unless
+``RAPIDVALUE_ALLOW_PRIVATE_TARGETS=1`` (development and on-premises test set-ups). The check runs
+when a target is configured and again before every request, because DNS can change in between.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+class UnsafeTarget(ValueError):
+    """The URL may not be called: wrong scheme, unresolvable, or a private address."""
+
+
+def _is_private(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
+            or ip.is_unspecified)
+
+
+def check_target(url: str) -> None:
+    """Raise UnsafeTarget unless ``url`` is an http(s) URL we are allowed to call."""
+    parts = urlsplit(url)
+    allow_private = settings.ALLOW_PRIVATE_TARGETS
+    allowed_schemes = {"https", "http"} if (allow_private or settings.DEBUG) else {"https"}
+    if parts.scheme not in allowed_schemes:
+        raise UnsafeTarget(f"URL scheme must be {' or '.join(sorted(allowed_schemes))}")
+    if not parts.hostname:
+        raise UnsafeTarget("URL has no host")
+    if parts.username or parts.password:
+        raise UnsafeTarget("URL must not carry credentials")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeTarget(f"Host {parts.hostname!r} does not resolve") from exc
+    for info in infos:
+        if _is_private(info[4][0]):
+            raise UnsafeTarget(f"Host {parts.hostname!r} resolves to a private or local address")
+
+
+def post(url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> httpx.Response:
+    """POST after the SSRF check; redirects are not followed (a redirect could point anywhere)."""
+    check_target(url)
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        return client.post(url, content=content, headers=headers)
