@@ -56,6 +56,9 @@ FERNET_KEYS = env_list("RAPIDVALUE_FERNET_KEYS") or [
     base64.urlsafe_b64encode(hashlib.sha256(f"fernet:{SECRET_KEY}".encode()).digest()).decode()
 ]
 
+# How long a webhook delivery stays claimed by a worker before another may take it over.
+WEBHOOK_LEASE_SECONDS = int(os.environ.get("RAPIDVALUE_WEBHOOK_LEASE_SECONDS", "60"))
+
 # Outbound HTTP to loopback/private ranges is refused unless this is set (dev and on-prem tests).
 ALLOW_PRIVATE_TARGETS = env_bool("RAPIDVALUE_ALLOW_PRIVATE_TARGETS", False)
 

@@ -29,6 +29,14 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class RefusedTarget(exceptions.APIException):
+    """An outbound URL (webhook, callback) that may not be called: scheme, or a private address."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "Target URL refused."
+    default_code = "unsafe_target"
+
+
 class Unprocessable(exceptions.APIException):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_detail = "The request cannot be processed."
@@ -79,6 +87,10 @@ def exception_handler(exc: Exception, context: dict) -> Response:
 
     Also marks the request's transaction for rollback, so a request that fails changes nothing.
     """
+    from rapidvalue.outbound import UnsafeTarget
+
+    if isinstance(exc, UnsafeTarget):
+        exc = RefusedTarget(f"Target URL refused: {exc}")
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         exc = exceptions.ValidationError(detail)
