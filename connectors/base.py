@@ -1,0 +1,83 @@
+"""The base class every connector implements, and the connector registry. No Django here."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from .protocol.v1 import (
+    Capabilities,
+    OperationResult,
+    ProvisioningRequest,
+    ProvisioningResponse,
+    SyncRequest,
+    SyncResponse,
+    TestConnectionRequest,
+    TestConnectionResponse,
+)
+
+
+class ConnectorError(Exception):
+    """A connector failure the caller can act on; ``transient`` ones are worth retrying."""
+
+    transient = False
+
+
+class TransientConnectorError(ConnectorError):
+    transient = True
+
+
+class ConfigurationError(ConnectorError):
+    """The connector's config or credentials are wrong: fix them, retrying will not help."""
+
+
+class Connector(ABC):
+    """A plain class in the protocol: it receives protocol requests and returns protocol responses."""
+
+    type: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @abstractmethod
+    def sync(self, request: SyncRequest) -> SyncResponse:
+        """Return one chunk of records, starting at ``request.cursor``."""
+
+    @abstractmethod
+    def test_connection(self, request: TestConnectionRequest) -> TestConnectionResponse:
+        """Check that config and credentials work, without changing anything."""
+
+    def provision(self, request: ProvisioningRequest) -> ProvisioningResponse:
+        """Apply write-back operations; connectors without write-back refuse each one."""
+        return ProvisioningResponse(results=[
+            OperationResult(operation_id=op.operation_id, success=False,
+                            error=f"{self.type} connector does not support {op.kind.value}")
+            for op in request.operations
+        ])
+
+    @classmethod
+    def validate_config(cls, config: dict, auth_config: dict) -> None:
+        """Raise ConfigurationError when config cannot work; called before anything runs."""
+        return None
+
+
+_registry: dict[str, type[Connector]] = {}
+
+
+def register(connector: type[Connector]) -> type[Connector]:
+    """Class decorator: make a connector available by its ``type``."""
+    _registry[connector.type] = connector
+    return connector
+
+
+def connector_class(connector_type: str) -> type[Connector]:
+    from . import builtin  # noqa: F401 - registers the built-in connectors
+
+    try:
+        return _registry[connector_type]
+    except KeyError:
+        raise ConfigurationError(f"unknown connector type: {connector_type}") from None
+
+
+def connector_types() -> list[str]:
+    from . import builtin  # noqa: F401
+
+    return sorted(_registry)

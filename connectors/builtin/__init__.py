@@ -1,0 +1,3 @@
+"""Built-in connectors; importing this package registers them."""
+
+from . import csv_file, synthetic  # noqa: F401

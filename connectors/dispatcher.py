@@ -1,0 +1,69 @@
+"""ConnectorDispatcher: the one way to call a connector, hosted or through an agent.
+
+Hosted mode calls the connector class in the worker process; agent mode hands the same
+protocol request to an ``AgentProxy`` (the agent spine makes that real: a job for the agent,
+results streamed back). Callers never know which: same methods, same protocol types.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .base import ConfigurationError, connector_class
+from .protocol.v1 import (
+    ProvisioningRequest,
+    ProvisioningResponse,
+    SyncRequest,
+    SyncResponse,
+    TestConnectionRequest,
+    TestConnectionResponse,
+)
+
+
+class AgentProxy(Protocol):
+    """What the agent spine provides for agent-mode connectors (AgentProxyConnector)."""
+
+    def sync(self, connector_type: str, agent_id: str, request: SyncRequest) -> SyncResponse: ...
+
+    def test_connection(self, connector_type: str, agent_id: str,
+                        request: TestConnectionRequest) -> TestConnectionResponse: ...
+
+    def provision(self, connector_type: str, agent_id: str, request: ProvisioningRequest) -> ProvisioningResponse: ...
+
+
+class ConnectorDispatcher:
+    def __init__(self, connector_type: str, mode: str = "hosted", agent_id: str | None = None,
+                 agent_proxy: AgentProxy | None = None):
+        self.connector_type = connector_type
+        self.mode = mode
+        self.agent_id = agent_id
+        self.agent_proxy = agent_proxy
+        if mode not in {"hosted", "agent"}:
+            raise ConfigurationError(f"unknown connector mode: {mode}")
+        if mode == "agent" and (agent_proxy is None or not agent_id):
+            raise ConfigurationError("agent mode needs an agent and the agent spine")
+        self._class = connector_class(connector_type)
+
+    @property
+    def capabilities(self):
+        return self._class.capabilities
+
+    def validate(self, config: dict, auth_config: dict) -> None:
+        """Check config before anything runs (also in agent mode: the shape is the same)."""
+        if self.mode == "hosted":
+            self._class.validate_config(config, auth_config)
+
+    def sync(self, request: SyncRequest) -> SyncResponse:
+        if self.mode == "agent":
+            return self.agent_proxy.sync(self.connector_type, self.agent_id, request)
+        return self._class().sync(request)
+
+    def test_connection(self, request: TestConnectionRequest) -> TestConnectionResponse:
+        if self.mode == "agent":
+            return self.agent_proxy.test_connection(self.connector_type, self.agent_id, request)
+        return self._class().test_connection(request)
+
+    def provision(self, request: ProvisioningRequest) -> ProvisioningResponse:
+        if self.mode == "agent":
+            return self.agent_proxy.provision(self.connector_type, self.agent_id, request)
+        return self._class().provision(request)
