@@ -181,6 +181,11 @@ class Grant(models.Model):
             ),
             models.CheckConstraint(condition=Q(identity__isnull=False) | Q(account__isnull=False),
                                    name="grant_has_holder"),
+            # A sync discovers a membership once: repeated syncs find it, never duplicate it.
+            models.UniqueConstraint(fields=["account", "entitlement"], name="grant_sync_account_uniq",
+                                    condition=Q(source="sync", state="active", account__isnull=False)),
+            models.UniqueConstraint(fields=["identity", "entitlement"], name="grant_sync_identity_uniq",
+                                    condition=Q(source="sync", state="active", account__isnull=True)),
         ]
         indexes = [
             models.Index(fields=["identity", "state"], name="grant_identity_state_idx"),

@@ -50,3 +50,25 @@ def raise_event(kind: str, identity: Identity, changes: dict[str, list[Any]] | N
     for handler in list(_subscribers[kind]):
         handler(event)
     return event
+
+
+def raise_events_bulk(kind: str, identities: list[Identity], changes: list[dict] | None = None,
+                      source: str = "sync") -> int:
+    """Many events of one kind at once (a sync chunk): one INSERT, then the subscribers.
+
+    Subscribers run per event, in the same transaction, exactly as for :func:`raise_event`.
+    """
+    if not identities:
+        return 0
+    changes = changes or [{} for _ in identities]
+    records = LifecycleEvent.objects.bulk_create(
+        LifecycleEvent(kind=kind, identity=identity, changes=change, source=source)
+        for identity, change in zip(identities, changes, strict=True)
+    )
+    handlers = list(_subscribers[kind])
+    if handlers:
+        for identity, change, record in zip(identities, changes, records, strict=True):
+            event = Event(kind=kind, identity=identity, changes=change, source=source, record=record)
+            for handler in handlers:
+                handler(event)
+    return len(records)

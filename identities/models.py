@@ -51,6 +51,8 @@ class Identity(models.Model):
     path = models.CharField(max_length=4000, editable=False, default="")
     depth = models.PositiveSmallIntegerField(default=0, editable=False)
     attributes = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=100, blank=True, default="api", db_index=True,
+                              help_text="Where the identity comes from: api, console, or connector:<id>.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -95,7 +95,7 @@ def create_identity(*, external_id: str, manager_external_id: str | None = None,
     """A joiner: create, link its manager (or wait for it), adopt reports waiting for it."""
     if Identity.objects.filter(external_id=external_id).exists():
         raise Conflict(f"An identity with external_id '{external_id}' already exists.", code="duplicate_external_id")
-    identity = Identity(external_id=external_id, **{k: v for k, v in data.items() if k in FIELDS})
+    identity = Identity(external_id=external_id, source=source, **{k: v for k, v in data.items() if k in FIELDS})
     if not identity.display_name:
         identity.display_name = f"{identity.first_name} {identity.last_name}".strip()
     if manager is None:

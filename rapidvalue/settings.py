@@ -97,6 +97,7 @@ TENANT_APPS = [
     "rapidvalue.webhooks",
     "identities",
     "access",
+    "connectors",
 ]
 
 INSTALLED_APPS = list(SHARED_APPS) + [app for app in TENANT_APPS if app not in SHARED_APPS]
@@ -230,6 +231,8 @@ SPECTACULAR_SETTINGS = {
         "AccountStatusEnum": "access.models.Account.Status",
         "GrantStateEnum": "access.models.Grant.State",
         "TenantStatusEnum": "rapidvalue.tenancy.models.Tenant.Status",
+        "SyncRunStatusEnum": "connectors.models.SyncRun.Status",
+        "WebhookDeliveryStatusEnum": "rapidvalue.webhooks.models.WebhookDelivery.Status",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -247,6 +250,10 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULE = {
+    "start-scheduled-connector-syncs": {
+        "task": "connectors.tasks.start_scheduled_syncs_all_tenants",
+        "schedule": timedelta(minutes=1),
+    },
     "sweep-webhook-deliveries": {
         "task": "rapidvalue.webhooks.tasks.sweep_webhooks_all_tenants",
         "schedule": timedelta(seconds=30),
