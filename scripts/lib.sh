@@ -236,3 +236,12 @@ rv_start_services() {
         _rv_ensure_redis
     fi
 }
+
+# Test peers that the suite runs for real: OpenLDAP's slapd for the LDAP connector.
+# The package must not configure or start a system slapd: the tests start their own.
+rv_install_test_peers() {
+    if ! command -v slapd >/dev/null 2>&1 && [ ! -x /usr/sbin/slapd ]; then
+        printf 'slapd slapd/no_configuration boolean true\n' | _rv_root debconf-set-selections
+        _rv_apt_install slapd ldap-utils
+    fi
+}

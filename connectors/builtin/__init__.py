@@ -1,3 +1,3 @@
 """Built-in connectors; importing this package registers them."""
 
-from . import csv_file, ldap, synthetic  # noqa: F401
+from . import csv_file, ldap, scim, synthetic  # noqa: F401

@@ -51,11 +51,14 @@ Paging and the cursor
     entries in the same relative order, which holds for OpenLDAP back-mdb (entry-id order) and in
     practice for AD; if the anchor itself has disappeared, the phase restarts from its first entry.
     Either way nothing is missed -- at worst records are sent twice, which the sync engine merges
-    idempotently -- and deletions stay safe because the engine only deletes after a full run.
+    idempotently -- and deletions stay safe because the engine only deletes after a full run. The
+    fallback costs a re-read of the phase up to the anchor, so it is for the exception (the sync
+    runner pulls every chunk of a run from one process, which keeps the live path).
 
     ``chunk_size`` counts directory entries: a chunk holds at most that many users or groups. A
     group's memberships travel with the group, so a chunk can hold more grants than
-    ``chunk_size`` when groups are large; memory stays bounded by chunk_size entries.
+    ``chunk_size`` when groups are large; memory stays bounded by chunk_size entries, one page and
+    the per-run DN -> external id cache (at most 100k DNs).
     ``total_estimate`` (for progress) comes from an attribute-less count of users and groups at
     the start of a run (``count_entries``, default true), plus memberships extrapolated from the
     groups read so far.
@@ -104,8 +107,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -181,7 +186,10 @@ _ATTRIBUTE_NAME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|\d+(?:\.\d+)+)$")
 
 SESSION_IDLE_SECONDS = 15 * 60
 MAX_SESSIONS = 64
-MAX_DN_CACHE = 200_000
+MAX_DN_CACHE = 100_000  # DN -> external id per live session: about 25 MB at most
+# RemoteIdentity.external_id's limit: a longer id is a record error, and no manager reference resolves to it.
+EXTERNAL_ID_MAX = next(m.max_length for m in RemoteIdentity.model_fields["external_id"].metadata
+                       if getattr(m, "max_length", None))
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -427,6 +435,12 @@ def _first(entry: dict, attributes: list[str]) -> str | None:
     return None
 
 
+def _external_id(entry: dict, settings: LdapSettings) -> str | None:
+    """The entry's external id when it is one the protocol accepts (what a manager reference resolves to)."""
+    value = _first(entry, settings.mapping["external_id"])
+    return value if value is not None and len(value) <= EXTERNAL_ID_MAX else None
+
+
 def _ldap_time(moment: datetime, flavor: str) -> str:
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     stamp = moment.astimezone(UTC).strftime("%Y%m%d%H%M%S")
@@ -522,9 +536,14 @@ class PagedReader:
     def finished(self) -> bool:
         return self.started and self.exhausted and not self.buffer
 
-    def skip_past(self, anchor: str) -> bool:
-        """Consume entries up to and including the one whose canonical DN is ``anchor``; False if absent."""
+    def skip_past(self, anchor: str, seen: Callable[[dict], None] | None = None) -> bool:
+        """Consume entries up to and including the one whose canonical DN is ``anchor``; False if absent.
+
+        ``seen`` gets every skipped entry (to refill the manager cache without extra reads).
+        """
         while (entry := self.next()) is not None:
+            if seen is not None:
+                seen(entry)
             if canonical_dn(entry["dn"]) == anchor:
                 return True
         return False
@@ -711,13 +730,18 @@ class LdapConnector(Connector):
                 state.users_total = self._count(conn, settings, "users", state.since)
                 state.groups_total = self._count(conn, settings, "groups", state.since)
             session.reader = self._reader(conn, settings, state.phase, state.since)
-            if state.anchor and not session.reader.skip_past(state.anchor):
+            seen = partial(self._remember_user, session, settings) if state.phase == "users" else None
+            if state.anchor and not session.reader.skip_past(state.anchor, seen):
                 # The anchor entry is gone: replay the phase from its start (duplicates merge; nothing lost).
                 session.reader = self._reader(conn, settings, state.phase, state.since)
         except BaseException:
             session.close()
             raise
         return session
+
+    @staticmethod
+    def _remember_user(session: LiveSession, settings: LdapSettings, entry: dict) -> None:
+        session.remember(canonical_dn(entry["dn"]), _external_id(entry, settings))
 
     def sync(self, request: SyncRequest) -> SyncResponse:
         settings = LdapSettings.parse(request.config, request.auth_config)
