@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -35,6 +36,14 @@ def _validate(connector_type: str, mode: str, config: dict, auth_config: dict) -
             dispatcher.validate(config, auth_config)
     except ConfigurationError as exc:
         raise InvalidConnectorConfig(str(exc)) from exc
+    if mode == "hosted":
+        # Hosted connectors run in our workers: they may not reach private networks (SSRF).
+        for key in ("url", "base_url"):
+            if isinstance(config.get(key), str):
+                parts = urlsplit(config[key])
+                if parts.hostname:
+                    default_port = {"ldaps": 636, "ldap": 389, "https": 443}.get(parts.scheme, 80)
+                    outbound.check_host(parts.hostname, parts.port or default_port)
 
 
 def auth_config_of(connector: ConnectorInstance) -> dict[str, Any]:

@@ -43,14 +43,24 @@ def check_target(url: str) -> None:
         raise UnsafeTarget("URL must not carry credentials")
     if allow_private:
         return
+    check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def check_host(hostname: str, port: int) -> None:
+    """Refuse a host that resolves to a loopback, link-local or private address (any scheme).
+
+    Used for hosted connectors too (LDAP, SCIM): an agent reaches private directories, the
+    cloud workers must not, unless ``RAPIDVALUE_ALLOW_PRIVATE_TARGETS=1``.
+    """
+    if settings.ALLOW_PRIVATE_TARGETS:
+        return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise UnsafeTarget(f"Host {parts.hostname!r} does not resolve") from exc
+        raise UnsafeTarget(f"Host {hostname!r} does not resolve") from exc
     for info in infos:
         if _is_private(info[4][0]):
-            raise UnsafeTarget(f"Host {parts.hostname!r} resolves to a private or local address")
+            raise UnsafeTarget(f"Host {hostname!r} resolves to a private or local address")
 
 
 def post(url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> httpx.Response:

@@ -231,3 +231,15 @@ def test_test_connection_and_roles(api, world, hr):
     assert_error(api("acme", "auditor").post(f"/api/v1/connectors/{hr['id']}/sync", {}), 403, "read_only_role")
     assert_error(api("acme", "member").get("/api/v1/connectors"), 403)
     assert_error(api("globex", "admin").get(f"/api/v1/connectors/{hr['id']}"), 404)
+
+
+@pytest.mark.parametrize("config", [
+    {"url": "ldap://127.0.0.1:389", "base_dn": "dc=x"},
+    {"url": "ldaps://10.0.0.5", "base_dn": "dc=x"},
+])
+def test_hosted_connectors_may_not_reach_private_networks(api, world, settings, config):
+    settings.ALLOW_PRIVATE_TARGETS = False
+    response = api("acme", "admin").post("/api/v1/connectors", {
+        "name": "Corp LDAP", "type": "ldap", "config": config, "auth_config": {"bind_dn": "cn=x", "password": "p"}})
+    assert_error(response, 400, "unsafe_target")
+    assert acme(world, ConnectorInstance.objects.count) == 0
