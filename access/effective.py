@@ -17,6 +17,7 @@ WITH RECURSIVE held AS (
     FROM access_grant g
     LEFT JOIN access_account a ON a.id = g.account_id
     WHERE g.state = 'active' AND (g.identity_id = %(identity)s OR a.identity_id = %(identity)s)
+      AND (g.valid_from IS NULL OR g.valid_from <= now()) AND (g.valid_until IS NULL OR g.valid_until > now())
 ),
 role_tree AS (
     SELECT h.grant_id, h.source, h.account_id, h.role_id, ARRAY[h.role_id] AS via

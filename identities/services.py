@@ -64,10 +64,33 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+MAX_DEPTH = 60
+
+
+def lock_tree() -> None:
+    """Serialise changes to the manager tree within the tenant (until the transaction ends).
+
+    Moves read the new manager's path; without this lock two concurrent moves could each read
+    a path the other is about to rewrite and leave a subtree under a stale prefix.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':identity-tree'))")
+
+
+class TooDeep(Conflict):
+    default_detail = f"The management chain would be deeper than {MAX_DEPTH} levels."
+    default_code = "chain_too_deep"
+
+
 def _set_manager(identity: Identity, manager: Identity | None) -> None:
     # The manager may not be the identity itself nor anyone under it.
     if manager is not None and identity.path and manager.path.startswith(identity.path):
         raise ManagerCycle()
+    if manager is not None:
+        deepest = Identity.objects.filter(path__startswith=identity.path).order_by("-depth").values_list(
+            "depth", flat=True).first() if identity.path else identity.depth
+        if manager.depth + 1 + ((deepest or 0) - identity.depth) > MAX_DEPTH:
+            raise TooDeep()
     identity.manager = manager
     Identity.objects.filter(pk=identity.pk).update(manager=manager)
     _move_subtree(identity, manager.path if manager is not None else "")
@@ -89,17 +112,24 @@ def _resolve_manager(manager_external_id: str | None) -> Identity | None:
     return Identity.objects.filter(external_id=manager_external_id).first()
 
 
+def _fresh(manager: Identity | None) -> Identity | None:
+    """Re-read a manager after taking the tree lock: its path may have moved meanwhile."""
+    return Identity.objects.get(pk=manager.pk) if manager is not None else None
+
+
 @transaction.atomic
 def create_identity(*, external_id: str, manager_external_id: str | None = None, source: str = "api",
                     manager: Identity | None = None, **data: Any) -> Identity:
     """A joiner: create, link its manager (or wait for it), adopt reports waiting for it."""
+    lock_tree()
     if Identity.objects.filter(external_id=external_id).exists():
         raise Conflict(f"An identity with external_id '{external_id}' already exists.", code="duplicate_external_id")
     identity = Identity(external_id=external_id, source=source, **{k: v for k, v in data.items() if k in FIELDS})
     if not identity.display_name:
         identity.display_name = f"{identity.first_name} {identity.last_name}".strip()
-    if manager is None:
-        manager = _resolve_manager(manager_external_id)
+    manager = _fresh(manager) if manager is not None else _resolve_manager(manager_external_id)
+    if manager is not None and manager.depth + 1 > MAX_DEPTH:
+        raise TooDeep()
     identity.manager = manager
     identity.manager_external_id = manager_external_id or (manager.external_id if manager else "")
     identity.path = (manager.path if manager else "") + identity.path_segment
@@ -117,6 +147,10 @@ def create_identity(*, external_id: str, manager_external_id: str | None = None,
 @transaction.atomic
 def update_identity(identity: Identity, *, source: str = "api", **changes: Any) -> Identity:
     """Apply changes; a change to department, title, manager, location or status is a mover."""
+    if "manager" in changes or "manager_external_id" in changes:
+        lock_tree()
+        if changes.get("manager") is not None:
+            changes["manager"] = _fresh(changes["manager"])
     identity = Identity.objects.select_for_update().get(pk=identity.pk)
     before = audit.snapshot(identity, exclude=("path",))
     if "external_id" in changes and changes["external_id"] != identity.external_id:

@@ -23,11 +23,13 @@ class UnsafeTarget(ValueError):
 
 
 def _is_private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified)
+    """Anything but a globally routable unicast address (CGNAT, 6to4/Teredo wrappers included)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        wrapped = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if wrapped is not None and _is_private(str(wrapped)):
+            return True
+    return not ip.is_global or ip.is_multicast
 
 
 def check_target(url: str) -> None:
@@ -63,8 +65,24 @@ def check_host(hostname: str, port: int) -> None:
             raise UnsafeTarget(f"Host {hostname!r} resolves to a private or local address")
 
 
+MAX_RESPONSE_BYTES = 4096
+
+
 def post(url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> httpx.Response:
-    """POST after the SSRF check; redirects are not followed (a redirect could point anywhere)."""
+    """POST after the SSRF check; redirects are not followed (a redirect could point anywhere).
+
+    The response body is streamed and cut at ``MAX_RESPONSE_BYTES``: a hostile receiver cannot
+    make us read gigabytes; callers only keep a short excerpt anyway.
+    """
     check_target(url)
-    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-        return client.post(url, content=content, headers=headers)
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client, client.stream(
+        "POST", url, content=content, headers=headers
+    ) as response:
+        body = b""
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) >= MAX_RESPONSE_BYTES:
+                break
+        # Raw (undecoded) bytes: keep only the content type so nothing tries to decompress them.
+        return httpx.Response(response.status_code, content=body[:MAX_RESPONSE_BYTES], request=response.request,
+                              headers={"content-type": response.headers.get("content-type", "application/octet-stream")})

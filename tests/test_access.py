@@ -189,3 +189,27 @@ def test_demo_seed_builds_a_realistic_org_once(world, db):
         assert Identity.objects.filter(depth__gte=2).exists()
         assert Account.objects.filter(identity__isnull=True).count() == 6
         assert effective_access(Identity.objects.filter(department="Engineering").first().pk)
+
+
+def test_grant_of_someone_elses_account_is_400(catalog, world):
+    client, person, other, app, ents = catalog
+    account = client.post("/api/v1/accounts",
+                          {"application": app["id"], "native_id": "o", "identity": other["id"]}).body
+    response = client.post("/api/v1/entitlements/grants", {"identity": person["id"], "account": account["id"],
+                                                           "entitlement": ents["erp-read"]["id"]})
+    assert_error(response, 400, "invalid")
+
+
+def test_expired_and_future_grants_are_not_effective(catalog, world):
+    client, person, _, _, ents = catalog
+    past = (timezone.now() - timedelta(days=2)).isoformat()
+    yesterday = (timezone.now() - timedelta(days=1)).isoformat()
+    tomorrow = (timezone.now() + timedelta(days=1)).isoformat()
+    client.post("/api/v1/entitlements/grants", {"identity": person["id"], "entitlement": ents["erp-read"]["id"],
+                                                 "valid_from": past, "valid_until": yesterday})
+    client.post("/api/v1/entitlements/grants", {"identity": person["id"], "entitlement": ents["erp-write"]["id"],
+                                                 "valid_from": tomorrow})
+    client.post("/api/v1/entitlements/grants", {"identity": person["id"], "entitlement": ents["erp-approve"]["id"],
+                                                 "valid_until": tomorrow})
+    items = client.get(f"/api/v1/identities/{person['id']}/access").body["items"]
+    assert [i["entitlement"]["value"] for i in items] == ["erp-approve"]

@@ -278,3 +278,38 @@ class TestRateLimits:
         finally:
             type(tenant).objects.filter(pk=tenant.pk).update(rate_limit_per_second=original[0],
                                                              rate_limit_burst=original[1])
+
+
+class TestReviewFindings:
+    """Bad input found in review: each a clear 4xx that changes nothing, never a 500."""
+
+    @pytest.mark.parametrize("query", ["offset=100000000000000000000", "limit=%D9%A5", "limit=%2B3", "limit=1e3"])
+    def test_out_of_range_or_odd_numbers_are_400(self, api, world, query):
+        assert_error(api("acme", "admin").get(f"/api/v1/users?{query}"), 400, "invalid")
+
+    def test_overlong_login_email_is_400(self, api):
+        email = "a" * 250 + "@acme.test"
+        assert_error(api().post("/api/v1/auth/login", {"email": email, "password": "x", "tenant": "acme"}), 400)
+
+    def test_nul_in_json_is_400(self, api, world):
+        body = {"external_id": "nul", "attributes": {"a": "\u0000"}}
+        response = api("acme", "admin").post("/api/v1/identities", body)
+        assert_error(response, 400, "invalid")
+
+    def test_huge_dormant_days_is_400(self, api):
+        assert_error(api("acme", "admin").get("/api/v1/accounts?dormant_days=1000000"), 400, "invalid")
+
+    def test_user_identity_must_exist(self, api):
+        response = api("acme", "admin").post("/api/v1/users", {
+            "email": "linked@acme.test", "password": PASSWORD, "identity_id": "6f1c1a40-0000-4000-8000-000000000000"})
+        assert_error(response, 400, "invalid")
+
+    def test_secrets_shown_once_are_not_kept_for_replays(self, api, world):
+        client = api("acme", "admin")
+        first = client.post("/api/v1/auth/service-tokens", {"name": "replayed"}, headers={"Idempotency-Key": "tok-1"})
+        again = client.post("/api/v1/auth/service-tokens", {"name": "replayed"}, headers={"Idempotency-Key": "tok-1"})
+        assert first.body["token"].count(".") == 2 and again.body["token"] == "[redacted]"
+        assert again.body["id"] == first.body["id"]
+        with tenant_context(world.acme.tenant):
+            stored = IdempotencyRecord.objects.get(key="tok-1").response_body
+        assert first.body["token"] not in str(stored)

@@ -180,3 +180,57 @@ def test_filters(api, world):
     assert_error(client.get("/api/v1/identities?status=retired"), 400, "invalid")
     assert_error(client.get("/api/v1/identities?manager=12"), 400, "invalid")
     assert_error(client.get(f"/api/v1/identities/{boss['id']}/reports?indirect=maybe"), 400, "invalid")
+
+
+def test_chains_deeper_than_the_limit_are_refused_with_409(api, world):
+    from identities.services import MAX_DEPTH
+
+    with tenant_context(world.acme.tenant):
+        previous = None
+        for n in range(MAX_DEPTH + 1):
+            previous = Identity.objects.create(external_id=f"deep-{n}", manager=previous, depth=n,
+                                               path=(previous.path if previous else "") + f"{n:032x}/")
+    response = post(api, {"external_id": "too-deep", "manager_external_id": f"deep-{MAX_DEPTH}"})
+    assert_error(response, 409, "chain_too_deep")
+
+
+def test_concurrent_moves_keep_paths_consistent(world, django_db_blocker):
+    """Two transactions move X under Y and Y under Z at once: the tree lock keeps every path right."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from identities import services
+
+    with django_db_blocker.unblock():
+        with tenant_context(world.acme.tenant):
+            ids = {n: services.create_identity(external_id=f"race-{n}").pk for n in ("x", "y", "z")}
+        barrier = threading.Barrier(2)
+        errors = []
+
+        def move(who, under):
+            try:
+                with tenant_context(world.acme.tenant), transaction.atomic():
+                    person = Identity.objects.get(pk=ids[who])
+                    barrier.wait()
+                    services.update_identity(person, manager=Identity.objects.get(pk=ids[under]))
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=move, args=("x", "y")), threading.Thread(target=move, args=("y", "z"))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert not errors
+            with tenant_context(world.acme.tenant):
+                x, y, z = (Identity.objects.get(pk=ids[n]) for n in ("x", "y", "z"))
+                assert x.path.startswith(y.path) and y.path.startswith(z.path) and x.depth == 2
+        finally:
+            with tenant_context(world.acme.tenant):
+                Identity.objects.filter(pk__in=ids.values()).update(manager=None)
+                Identity.objects.filter(pk__in=ids.values()).delete()
+            connection.set_schema_to_public()

@@ -249,3 +249,17 @@ class TestDelivery:
     def test_emit_refuses_unknown_event_types(self, world, db):
         with tenant_context(world.acme.tenant), pytest.raises(ValueError):
             emit("identity.exploded", {})
+
+
+@pytest.mark.parametrize("address", ["100.100.100.200", "100.64.0.1", "2002:7f00:1::", "0.0.0.0", "::",
+                                     "2001:0:4136:e378:8000:63bf:80ff:fffe", "fe80::1%eth0", "224.0.0.1"])
+def test_guard_refuses_non_global_addresses(address):
+    from rapidvalue.outbound import _is_private
+
+    assert _is_private(address)
+
+
+def test_guard_allows_global_addresses():
+    from rapidvalue.outbound import _is_private
+
+    assert not _is_private("93.184.216.34") and not _is_private("2606:2800:220:1:248:1893:25c8:1946")

@@ -86,8 +86,14 @@ class GrantSerializer(serializers.ModelSerializer):
         fields = ["id", "identity", "account", "entitlement", "role", "source", "source_reference", "granted_by",
                   "valid_from", "valid_until", "state", "ended_at", "created_at"]
         read_only_fields = ["id", "granted_by", "state", "ended_at", "created_at"]
+        # The model's unique constraints only cover grants discovered by sync; DRF would turn
+        # them into "required" fields for every grant.
+        validators: list = []
 
     def validate(self, attrs):
+        identity, account = attrs.get("identity"), attrs.get("account")
+        if identity and account and account.identity_id not in (None, identity.pk):
+            raise serializers.ValidationError({"account": ["The account belongs to another identity."]})
         if bool(attrs.get("entitlement")) == bool(attrs.get("role")):
             raise serializers.ValidationError({"entitlement": ["Give exactly one of entitlement and role."]})
         if not attrs.get("identity") and not attrs.get("account"):

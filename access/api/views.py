@@ -65,7 +65,7 @@ class RoleViewSet(AuditedWritesMixin, PlatformModelViewSet):
 class AccountFilter(django_filters.FilterSet):
     orphan = django_filters.BooleanFilter(field_name="identity", lookup_expr="isnull",
                                           help_text="true: accounts linked to no identity.")
-    dormant_days = django_filters.NumberFilter(method="dormant", min_value=0,
+    dormant_days = django_filters.NumberFilter(method="dormant", min_value=0, max_value=36500,
                                                help_text="No login for at least this many days (or never).")
 
     class Meta:

@@ -34,6 +34,7 @@ class ConnectorViewSet(PlatformModelViewSet):
     read_roles = ("admin", "auditor")
     filterset_fields = ["type", "mode", "enabled", "authoritative"]
     lookup_value_regex = UUID_RE
+    secret_response_fields = ("callback_secret",)
 
     def perform_create(self, serializer):
         serializer.instance = services.create_connector(**serializer.validated_data)
@@ -95,6 +96,8 @@ class SyncRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PlatformG
 @extend_schema(tags=["identities"])
 class IdentitySyncView(PlatformAPIView):
     """Sync every enabled authoritative (HR) source now."""
+
+    transactional_writes = True
 
     @extend_schema(request=SyncStartSerializer, responses={202: SyncStartedSerializer(many=True)})
     def post(self, request):

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -94,6 +94,10 @@ def exception_handler(exc: Exception, context: dict) -> Response:
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         exc = exceptions.ValidationError(detail)
+    elif isinstance(exc, DataError):
+        logger.info("data error turned into 400: %s", exc)
+        exc = exceptions.ValidationError(
+            {"non_field_errors": ["A value cannot be stored (out of range, or contains a NUL character)."]})
     elif isinstance(exc, IntegrityError):
         logger.info("integrity error turned into 409: %s", exc)
         exc = Conflict("The change conflicts with existing data (a unique value is already taken).")

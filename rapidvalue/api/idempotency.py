@@ -84,11 +84,19 @@ def claim_or_replay(request, principal) -> Claim | Response | None:
     return response
 
 
-def store(claim: Claim, response: Response) -> None:
-    """Keep the first response (status and body) for replays; same transaction as the write."""
+def store(claim: Claim, response: Response, secret_fields: tuple[str, ...] = ()) -> None:
+    """Keep the first response (status and body) for replays; same transaction as the write.
+
+    Secrets a response shows once (a new token, a signing secret) are not kept: a replay
+    answers ``[redacted]`` in their place, so the secret exists nowhere but in the first answer.
+    """
     body = None
     if response.data is not None:
         body = json.loads(JSONRenderer().render(response.data))
+        if isinstance(body, dict):
+            for name in secret_fields:
+                if body.get(name) is not None:
+                    body[name] = "[redacted]"
     IdempotencyRecord.objects.filter(pk=claim.record_id).update(status_code=response.status_code, response_body=body)
 
 

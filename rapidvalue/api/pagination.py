@@ -28,10 +28,10 @@ def _parse_non_negative(request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValidationError({name: [f"'{name}' must be a non-negative integer."]}, code="invalid") from None
+    # ASCII digits only (other scripts digits, "+3" and "1e3" are refused) and within bigint range.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ValidationError({name: [f"'{name}' must be a non-negative integer."]}, code="invalid")
+    value = int(raw)
     if value < 0:
         raise ValidationError({name: [f"'{name}' must be a non-negative integer."]}, code="invalid")
     return value

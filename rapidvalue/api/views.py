@@ -68,7 +68,7 @@ class PlatformViewMixin:
         response = super().finalize_response(request, response, *args, **kwargs)
         claim = getattr(self, "_idempotency_claim", None)
         if claim is not None and response.status_code < 400:
-            idempotency.store(claim, response)
+            idempotency.store(claim, response, getattr(self, "secret_response_fields", ()))
         result = getattr(request._request, "rate_limit", None)
         if result is not None:
             response["X-RateLimit-Limit"] = str(result.limit)

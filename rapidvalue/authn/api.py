@@ -19,7 +19,7 @@ from .models import ApiToken
 
 
 class LoginSerializer(serializers.Serializer):
-    email = serializers.EmailField()
+    email = serializers.EmailField(max_length=254)
     password = serializers.CharField(write_only=True, max_length=256, trim_whitespace=False)
     tenant = serializers.CharField(
         required=False, allow_null=True, max_length=40,
@@ -196,6 +196,7 @@ class ServiceTokenViewSet(
     queryset = ApiToken.objects.filter(kind=ApiToken.Kind.SERVICE).order_by("-created_at", "id")
     serializer_class = ServiceTokenSerializer
     read_roles = ("admin", "auditor")
+    secret_response_fields = ("token",)
 
     @extend_schema(responses={201: CreatedServiceTokenSerializer})
     def create(self, request, *args, **kwargs):

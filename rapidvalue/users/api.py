@@ -24,6 +24,17 @@ class UserSerializer(serializers.ModelSerializer):
                   "date_joined", "last_login"]
         read_only_fields = ["id", "date_joined", "last_login"]
 
+    def validate_identity_id(self, value):
+        """The identity must exist in this tenant (looked up through the app registry: the
+        platform does not import the identities app)."""
+        from django.apps import apps
+
+        if value is not None and apps.is_installed("identities"):
+            identity_model = apps.get_model("identities", "Identity")
+            if not identity_model.objects.filter(pk=value).exists():
+                raise serializers.ValidationError("No identity with this id.")
+        return value
+
     def validate(self, attrs):
         if self.instance is None and not attrs.get("password"):
             raise serializers.ValidationError({"password": ["This field is required."]})

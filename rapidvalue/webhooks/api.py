@@ -69,6 +69,7 @@ class WebhookViewSet(PlatformModelViewSet):
     serializer_class = SubscriptionSerializer
     read_roles = ("admin", "auditor")
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    secret_response_fields = ("secret",)
 
     @extend_schema(responses={201: SubscriptionWithSecretSerializer})
     def create(self, request, *args, **kwargs):
