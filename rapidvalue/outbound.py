@@ -84,5 +84,6 @@ def post(url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeo
             if len(body) >= MAX_RESPONSE_BYTES:
                 break
         # Raw (undecoded) bytes: keep only the content type so nothing tries to decompress them.
+        content_type = response.headers.get("content-type", "application/octet-stream")
         return httpx.Response(response.status_code, content=body[:MAX_RESPONSE_BYTES], request=response.request,
-                              headers={"content-type": response.headers.get("content-type", "application/octet-stream")})
+                              headers={"content-type": content_type})
