@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from django_tenants.utils import tenant_context
 
@@ -17,7 +15,7 @@ def count(world) -> int:
 
 
 def test_admin_creates_a_user_who_can_then_sign_in(api, world):
-    identity = str(uuid.uuid4())
+    identity = api("acme", "admin").post("/api/v1/identities", {"external_id": "hr-new-person"}).body["id"]
     response = api("acme", "admin").post("/api/v1/users", {
         "email": "New.Person@Acme.test", "password": PASSWORD, "is_auditor": True, "identity_id": identity,
     })

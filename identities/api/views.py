@@ -38,7 +38,7 @@ class IdentityFilter(django_filters.FilterSet):
 
 @extend_schema(tags=["identities"])
 class IdentityViewSet(PlatformModelViewSet):
-    queryset = Identity.objects.order_by("last_name", "first_name", "id")
+    queryset = Identity.objects.order_by("last_name", "first_name", "id").defer("path")
     serializer_class = IdentitySerializer
     filterset_class = IdentityFilter
     lookup_value_regex = "[0-9a-fA-F-]{32,36}"
