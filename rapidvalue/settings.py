@@ -175,6 +175,7 @@ SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+CSRF_FAILURE_VIEW = "rapidvalue.api.errors.csrf_failure"
 APPEND_SLASH = False  # API paths have no trailing slash; POSTs must not be redirected
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

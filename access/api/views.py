@@ -37,10 +37,13 @@ class ApplicationViewSet(AuditedWritesMixin, PlatformModelViewSet):
 
 class EntitlementFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(method="search")
+    # Ids filter as plain UUIDs: an unknown id is an empty result, not a 400.
+    application = django_filters.UUIDFilter(field_name="application_id")
+    owner = django_filters.UUIDFilter(field_name="owner_id")
 
     class Meta:
         model = Entitlement
-        fields = ["application", "type", "risk_level", "requestable", "owner"]
+        fields = ["type", "risk_level", "requestable"]
 
     def search(self, queryset, name, value):
         return queryset.filter(Q(value__icontains=value) | Q(display_name__icontains=value))
@@ -68,9 +71,12 @@ class AccountFilter(django_filters.FilterSet):
     dormant_days = django_filters.NumberFilter(method="dormant", min_value=0, max_value=36500,
                                                help_text="No login for at least this many days (or never).")
 
+    application = django_filters.UUIDFilter(field_name="application_id")
+    identity = django_filters.UUIDFilter(field_name="identity_id")
+
     class Meta:
         model = Account
-        fields = ["application", "identity", "status"]
+        fields = ["status"]
 
     def dormant(self, queryset, name, value):
         cutoff = timezone.now() - timedelta(days=int(value))
@@ -120,9 +126,14 @@ class AccountViewSet(AuditedWritesMixin, PlatformModelViewSet):
 
 
 class GrantFilter(django_filters.FilterSet):
+    identity = django_filters.UUIDFilter(field_name="identity_id")
+    account = django_filters.UUIDFilter(field_name="account_id")
+    entitlement = django_filters.UUIDFilter(field_name="entitlement_id")
+    role = django_filters.UUIDFilter(field_name="role_id")
+
     class Meta:
         model = Grant
-        fields = ["identity", "account", "entitlement", "role", "state", "source"]
+        fields = ["state", "source"]
 
 
 @extend_schema(tags=["entitlements"])

@@ -14,6 +14,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError, IntegrityError, transaction
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -151,6 +152,12 @@ def handler400(request, exception=None) -> JsonResponse:
     return error_response(400, "bad_request", "The request could not be understood.")
 
 
+def csrf_failure(request, reason: str = "") -> JsonResponse:
+    """CSRF refusals (console forms only: the API is token-authenticated) in the one shape."""
+    return error_response(403, "csrf_failed", "CSRF verification failed. Reload the page and try again.")
+
+
+@csrf_exempt
 def api_not_found(request, *args, **kwargs) -> JsonResponse:
     """Catch-all for unknown paths under /api/v1/."""
     return error_response(404, "not_found", f"No API endpoint at {request.path}.")

@@ -62,7 +62,8 @@ class LoginView(PlatformAPIView):
     def post(self, request):
         body = LoginSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        host_tenant = request._request.tenant if request._request.tenant.pk else None
+        # The host decides, never a bearer token that happens to ride along on a login.
+        host_tenant = request._request.host_tenant
         slug = body.validated_data.get("tenant")
         tenant = host_tenant
         if slug:
@@ -98,8 +99,7 @@ def _bad_tenant(message: str) -> Response:
 
 
 def _host_tenant(request) -> Tenant | None:
-    tenant = request._request.tenant
-    return tenant if tenant.pk else None
+    return request._request.host_tenant
 
 
 class RefreshView(PlatformAPIView):

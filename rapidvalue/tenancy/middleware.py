@@ -86,6 +86,7 @@ class TenantResolutionMiddleware:
         request.token_error = None
         request.acting_via_x_tenant = False
         on_host = host_tenant(request)
+        request.host_tenant = on_host
         target = on_host
         raw = bearer_token(request)
         request.bearer_token = raw
