@@ -14,6 +14,7 @@ from django.utils.module_loading import module_has_submodule
 from rest_framework.routers import SimpleRouter
 
 from rapidvalue.api.errors import api_not_found
+from rapidvalue.api.views import UUID_LOOKUP
 from rapidvalue.audit.api import AuditEventViewSet
 from rapidvalue.authn.api import AgentWhoAmIView, LoginView, LogoutView, MeView, RefreshView, ServiceTokenViewSet
 from rapidvalue.users.api import UserViewSet
@@ -24,7 +25,7 @@ router.register("auth/service-tokens", ServiceTokenViewSet, basename="service-to
 router.register("users", UserViewSet, basename="user")
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
 router.register("webhooks", WebhookViewSet, basename="webhook")
-router.register(r"webhooks/(?P<subscription_pk>[0-9a-fA-F-]{32,36})/deliveries", DeliveryViewSet,
+router.register(rf"webhooks/(?P<subscription_pk>{UUID_LOOKUP})/deliveries", DeliveryViewSet,
                 basename="webhook-delivery")
 
 urlpatterns = [

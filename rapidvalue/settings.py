@@ -184,7 +184,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rapidvalue.api.permissions.TenantRolePermission"],
     "DEFAULT_THROTTLE_CLASSES": ["rapidvalue.api.ratelimit.TokenBucketThrottle"],
     "DEFAULT_PAGINATION_CLASS": "rapidvalue.api.pagination.EnvelopePagination",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["rapidvalue.api.filters.PlatformFilterBackend"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -4,9 +4,10 @@ from rest_framework import serializers
 
 from access.models import Account, Application, Entitlement, Grant, Role
 from identities.models import Identity
+from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
 
 
-class ApplicationSerializer(serializers.ModelSerializer):
+class ApplicationSerializer(PlatformModelSerializer):
     owners = serializers.PrimaryKeyRelatedField(many=True, queryset=Identity.objects.all(), required=False)
 
     class Meta:
@@ -15,7 +16,7 @@ class ApplicationSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
-class AccountSerializer(serializers.ModelSerializer):
+class AccountSerializer(PlatformModelSerializer):
     application = serializers.PrimaryKeyRelatedField(queryset=Application.objects.all())
     identity = serializers.PrimaryKeyRelatedField(queryset=Identity.objects.all(), required=False, allow_null=True)
     is_orphan = serializers.SerializerMethodField()
@@ -30,11 +31,11 @@ class AccountSerializer(serializers.ModelSerializer):
         return obj.identity_id is None
 
 
-class LinkSerializer(serializers.Serializer):
+class LinkSerializer(PlatformSerializer):
     identity_id = serializers.PrimaryKeyRelatedField(queryset=Identity.objects.all())
 
 
-class EntitlementSerializer(serializers.ModelSerializer):
+class EntitlementSerializer(PlatformModelSerializer):
     application = serializers.PrimaryKeyRelatedField(queryset=Application.objects.all())
     owner = serializers.PrimaryKeyRelatedField(queryset=Identity.objects.all(), required=False, allow_null=True)
 
@@ -45,7 +46,7 @@ class EntitlementSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
-class RoleSerializer(serializers.ModelSerializer):
+class RoleSerializer(PlatformModelSerializer):
     owners = serializers.PrimaryKeyRelatedField(many=True, queryset=Identity.objects.all(), required=False)
     entitlements = serializers.PrimaryKeyRelatedField(many=True, queryset=Entitlement.objects.all(), required=False)
     includes = serializers.PrimaryKeyRelatedField(many=True, queryset=Role.objects.all(), required=False)
@@ -74,7 +75,7 @@ class RoleSerializer(serializers.ModelSerializer):
         return role
 
 
-class GrantSerializer(serializers.ModelSerializer):
+class GrantSerializer(PlatformModelSerializer):
     identity = serializers.PrimaryKeyRelatedField(queryset=Identity.objects.all(), required=False, allow_null=True)
     account = serializers.PrimaryKeyRelatedField(queryset=Account.objects.all(), required=False, allow_null=True)
     entitlement = serializers.PrimaryKeyRelatedField(queryset=Entitlement.objects.all(), required=False,

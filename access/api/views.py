@@ -5,15 +5,16 @@ from datetime import timedelta
 import django_filters
 from django.db.models import Q
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from access import services
 from access.models import Account, Application, Entitlement, Grant, Role
+from rapidvalue.api.filters import PlatformFilterSet, StrictBooleanFilter
 from rapidvalue.api.pagination import CursorEnvelopePagination
-from rapidvalue.api.views import AuditedWritesMixin, PlatformGenericViewSet, PlatformModelViewSet
+from rapidvalue.api.views import UUID_LOOKUP, AuditedWritesMixin, PlatformGenericViewSet, PlatformModelViewSet
 
 from .serializers import (
     AccountSerializer,
@@ -24,7 +25,7 @@ from .serializers import (
     RoleSerializer,
 )
 
-UUID_RE = "[0-9a-fA-F-]{32,36}"
+UUID_RE = UUID_LOOKUP
 
 
 @extend_schema(tags=["entitlements"])
@@ -35,7 +36,7 @@ class ApplicationViewSet(AuditedWritesMixin, PlatformModelViewSet):
     lookup_value_regex = UUID_RE
 
 
-class EntitlementFilter(django_filters.FilterSet):
+class EntitlementFilter(PlatformFilterSet):
     q = django_filters.CharFilter(method="search")
     # Ids filter as plain UUIDs: an unknown id is an empty result, not a 400.
     application = django_filters.UUIDFilter(field_name="application_id")
@@ -65,9 +66,9 @@ class RoleViewSet(AuditedWritesMixin, PlatformModelViewSet):
     lookup_value_regex = UUID_RE
 
 
-class AccountFilter(django_filters.FilterSet):
-    orphan = django_filters.BooleanFilter(field_name="identity", lookup_expr="isnull",
-                                          help_text="true: accounts linked to no identity.")
+class AccountFilter(PlatformFilterSet):
+    orphan = StrictBooleanFilter(field_name="identity", lookup_expr="isnull",
+                                 help_text="true: accounts linked to no identity.")
     dormant_days = django_filters.NumberFilter(method="dormant", min_value=0, max_value=36500,
                                                help_text="No login for at least this many days (or never).")
 
@@ -78,6 +79,7 @@ class AccountFilter(django_filters.FilterSet):
         model = Account
         fields = ["status"]
 
+    @extend_schema_field({"type": "number", "minimum": 0, "maximum": 36500})
     def dormant(self, queryset, name, value):
         cutoff = timezone.now() - timedelta(days=int(value))
         return queryset.filter(Q(last_login_at__lt=cutoff) | Q(last_login_at__isnull=True))
@@ -125,7 +127,7 @@ class AccountViewSet(AuditedWritesMixin, PlatformModelViewSet):
         return self._act(services.unlink_account)
 
 
-class GrantFilter(django_filters.FilterSet):
+class GrantFilter(PlatformFilterSet):
     identity = django_filters.UUIDFilter(field_name="identity_id")
     account = django_filters.UUIDFilter(field_name="account_id")
     entitlement = django_filters.UUIDFilter(field_name="entitlement_id")

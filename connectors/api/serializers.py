@@ -5,9 +5,10 @@ from rest_framework import serializers
 from connectors.base import connector_types
 from connectors.models import ConnectorInstance, SyncRecordError, SyncRun
 from connectors.sync.engine import CORRELATION_ACCOUNT, CORRELATION_IDENTITY
+from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
 
 
-class ConnectorSerializer(serializers.ModelSerializer):
+class ConnectorSerializer(PlatformModelSerializer):
     type = serializers.ChoiceField(choices=connector_types())
     auth_config = serializers.DictField(write_only=True, required=False,
                                         help_text="Credentials: encrypted at rest, never returned.")
@@ -42,7 +43,7 @@ class ConnectorSerializer(serializers.ModelSerializer):
         return attrs
 
 
-class SyncStartSerializer(serializers.Serializer):
+class SyncStartSerializer(PlatformSerializer):
     """Pattern 3 of the API contract."""
 
     incremental = serializers.BooleanField(default=False)
@@ -51,7 +52,7 @@ class SyncStartSerializer(serializers.Serializer):
     callback_url = serializers.URLField(required=False, allow_blank=True, allow_null=True, max_length=2000)
 
 
-class SyncRunSerializer(serializers.ModelSerializer):
+class SyncRunSerializer(PlatformModelSerializer):
     class Meta:
         model = SyncRun
         fields = ["id", "connector", "status", "incremental", "max_records", "chunk_size", "callback_url",
@@ -69,14 +70,14 @@ class SyncStartedSerializer(SyncRunSerializer):
         read_only_fields = fields
 
 
-class SyncRecordErrorSerializer(serializers.ModelSerializer):
+class SyncRecordErrorSerializer(PlatformModelSerializer):
     class Meta:
         model = SyncRecordError
         fields = ["id", "kind", "key", "location", "error"]
         read_only_fields = fields
 
 
-class TestResultSerializer(serializers.Serializer):
+class TestResultSerializer(PlatformSerializer):
     success = serializers.BooleanField()
     message = serializers.CharField(allow_blank=True)
     details = serializers.DictField()

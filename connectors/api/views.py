@@ -7,7 +7,7 @@ from rest_framework.response import Response
 
 from connectors import services
 from connectors.models import ConnectorInstance, SyncRecordError, SyncRun
-from rapidvalue.api.views import PlatformAPIView, PlatformGenericViewSet, PlatformModelViewSet
+from rapidvalue.api.views import UUID_LOOKUP, PlatformAPIView, PlatformGenericViewSet, PlatformModelViewSet
 
 from .serializers import (
     ConnectorSerializer,
@@ -18,7 +18,7 @@ from .serializers import (
     TestResultSerializer,
 )
 
-UUID_RE = "[0-9a-fA-F-]{32,36}"
+UUID_RE = UUID_LOOKUP
 
 
 def _started(run: SyncRun, secret: str | None) -> dict:

@@ -3,9 +3,10 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from identities.models import Identity, LifecycleEvent
+from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
 
 
-class IdentitySerializer(serializers.ModelSerializer):
+class IdentitySerializer(PlatformModelSerializer):
     """Pattern 1 of the API contract: ``manager_external_id`` names the manager, in any order."""
 
     manager_external_id = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
@@ -44,14 +45,14 @@ class IdentitySerializer(serializers.ModelSerializer):
         return attrs
 
 
-class LifecycleEventSerializer(serializers.ModelSerializer):
+class LifecycleEventSerializer(PlatformModelSerializer):
     class Meta:
         model = LifecycleEvent
         fields = ["id", "kind", "identity", "changes", "source", "occurred_at"]
         read_only_fields = fields
 
 
-class AccessItemSerializer(serializers.Serializer):
+class AccessItemSerializer(PlatformSerializer):
     """One entitlement or role an identity holds, and how (``path``)."""
 
     kind = serializers.ChoiceField(choices=["entitlement", "role"])

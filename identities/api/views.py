@@ -12,13 +12,14 @@ from access.effective import effective_access
 from identities import services
 from identities.models import Identity
 from rapidvalue.api import scoping
+from rapidvalue.api.filters import PlatformFilterSet
 from rapidvalue.api.pagination import EnvelopePagination
-from rapidvalue.api.views import PlatformModelViewSet
+from rapidvalue.api.views import UUID_LOOKUP, PlatformModelViewSet
 
 from .serializers import AccessItemSerializer, IdentitySerializer
 
 
-class IdentityFilter(django_filters.FilterSet):
+class IdentityFilter(PlatformFilterSet):
     status = django_filters.ChoiceFilter(choices=Identity.Status.choices)
     department = django_filters.CharFilter(field_name="department")
     manager = django_filters.UUIDFilter(field_name="manager_id")
@@ -41,7 +42,7 @@ class IdentityViewSet(PlatformModelViewSet):
     queryset = Identity.objects.order_by("last_name", "first_name", "id").defer("path")
     serializer_class = IdentitySerializer
     filterset_class = IdentityFilter
-    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    lookup_value_regex = UUID_LOOKUP
 
     def perform_create(self, serializer):
         serializer.instance = services.create_identity(**serializer.validated_data)

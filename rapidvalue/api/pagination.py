@@ -22,6 +22,8 @@ from rest_framework.response import Response
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+# At most 18 digits (within PostgreSQL's bigint): documented as the parameters' maximum.
+MAX_PARAMETER = 10**18 - 1
 
 
 def _parse_non_negative(request, name: str, default: int) -> int:
@@ -69,9 +71,10 @@ class EnvelopePagination(BasePagination):
         return [
             {"name": "limit", "in": "query", "required": False,
              "description": "Page size (default 50, values above 500 are clamped to 500).",
-             "schema": {"type": "integer", "minimum": 0}},
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PARAMETER}},
             {"name": "offset", "in": "query", "required": False,
-             "description": "Number of items to skip.", "schema": {"type": "integer", "minimum": 0}},
+             "description": "Number of items to skip.",
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PARAMETER}},
         ]
 
 

@@ -56,6 +56,10 @@ def add_platform_conventions(result: dict[str, Any], generator, request, public)
             if path == "/health":
                 continue
             parameters = operation.setdefault("parameters", [])
+            for parameter in parameters:
+                # An empty query value means "not given" everywhere (pagination, cursor, filters).
+                if parameter.get("in") == "query" and not parameter.get("required"):
+                    parameter.setdefault("allowEmptyValue", True)
             names = {p.get("name") for p in parameters}
             if method in WRITE_METHODS and "Idempotency-Key" not in names:
                 parameters.append({

@@ -147,3 +147,8 @@ class PlatformModelViewSet(
     PlatformGenericViewSet,
 ):
     """Full CRUD; subclasses route ``perform_*`` to their services so every write is audited."""
+
+
+#: ``lookup_value_regex`` / nested route kwarg for UUID primary keys: a real UUID (dashes optional),
+#: so that anything else is the JSON 404 of an unknown path rather than a 400 from the database lookup.
+UUID_LOOKUP = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"

@@ -6,6 +6,7 @@ import django_filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 
+from rapidvalue.api.filters import IsoDateTimeFilter, PlatformFilterSet
 from rapidvalue.api.pagination import CursorEnvelopePagination
 from rapidvalue.api.views import PlatformReadOnlyViewSet
 
@@ -20,14 +21,14 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AuditEventFilter(django_filters.FilterSet):
+class AuditEventFilter(PlatformFilterSet):
     actor = django_filters.CharFilter(method="filter_actor", help_text="Actor id or label (email, token name).")
     action = django_filters.CharFilter(field_name="action")
     action_prefix = django_filters.CharFilter(field_name="action", lookup_expr="startswith")
     object_type = django_filters.CharFilter(field_name="object_type")
     object_id = django_filters.CharFilter(field_name="object_id")
-    since = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    since = IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    until = IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent

@@ -10,6 +10,7 @@ from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 
 from rapidvalue.api.errors import Conflict
+from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
 from rapidvalue.api.views import PlatformAPIView, PlatformGenericViewSet
 from rapidvalue.tenancy.models import Tenant
 
@@ -18,7 +19,7 @@ from .authentication import AgentTokenAuthentication
 from .models import ApiToken
 
 
-class LoginSerializer(serializers.Serializer):
+class LoginSerializer(PlatformSerializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(write_only=True, max_length=256, trim_whitespace=False)
     tenant = serializers.CharField(
@@ -28,7 +29,7 @@ class LoginSerializer(serializers.Serializer):
     )
 
 
-class TokenPairSerializer(serializers.Serializer):
+class TokenPairSerializer(PlatformSerializer):
     access = serializers.CharField()
     refresh = serializers.CharField()
     token_type = serializers.CharField()
@@ -36,11 +37,11 @@ class TokenPairSerializer(serializers.Serializer):
     tenant = serializers.CharField(allow_null=True)
 
 
-class RefreshSerializer(serializers.Serializer):
+class RefreshSerializer(PlatformSerializer):
     refresh = serializers.CharField(max_length=4096)
 
 
-class MeSerializer(serializers.Serializer):
+class MeSerializer(PlatformSerializer):
     kind = serializers.CharField()
     tenant = serializers.CharField(allow_null=True)
     id = serializers.CharField()
@@ -154,7 +155,7 @@ class MeView(PlatformAPIView):
         return Response(MeSerializer(describe(request.user)).data)
 
 
-class ServiceTokenSerializer(serializers.ModelSerializer):
+class ServiceTokenSerializer(PlatformModelSerializer):
     class Meta:
         model = ApiToken
         fields = [

@@ -5,13 +5,14 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 
+from rapidvalue.api.serializers import PlatformModelSerializer
 from rapidvalue.api.views import PlatformModelViewSet
 
 from . import services
 from .models import User
 
 
-class UserSerializer(serializers.ModelSerializer):
+class UserSerializer(PlatformModelSerializer):
     password = serializers.CharField(
         write_only=True, required=False, max_length=256, trim_whitespace=False, style={"input_type": "password"},
         help_text="Required on create; on update, sets a new password.",

@@ -7,7 +7,8 @@ from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from rapidvalue.api.views import PlatformGenericViewSet, PlatformModelViewSet
+from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
+from rapidvalue.api.views import UUID_LOOKUP, PlatformGenericViewSet, PlatformModelViewSet
 
 from . import services
 from .delivery import envelope
@@ -16,7 +17,7 @@ from .models import WebhookDelivery, WebhookSubscription
 from .payloads import EVENT_BODY
 
 
-class SubscriptionSerializer(serializers.ModelSerializer):
+class SubscriptionSerializer(PlatformModelSerializer):
     url = serializers.URLField(max_length=2000)
     event_types = serializers.ListField(
         child=serializers.ChoiceField(choices=sorted(EVENT_TYPES)), allow_empty=False,
@@ -42,7 +43,7 @@ class EventBodyField(serializers.Field):
         return envelope(value)
 
 
-class DeliverySerializer(serializers.ModelSerializer):
+class DeliverySerializer(PlatformModelSerializer):
     event = EventBodyField(read_only=True)
     event_type = serializers.CharField(source="event.type", read_only=True)
 
@@ -53,7 +54,7 @@ class DeliverySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PingResultSerializer(serializers.Serializer):
+class PingResultSerializer(PlatformSerializer):
     event_id = serializers.UUIDField()
 
 
@@ -68,7 +69,7 @@ class WebhookViewSet(PlatformModelViewSet):
     queryset = WebhookSubscription.objects.order_by("created_at", "id")
     serializer_class = SubscriptionSerializer
     read_roles = ("admin", "auditor")
-    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+    lookup_value_regex = UUID_LOOKUP
     secret_response_fields = ("secret",)
 
     @extend_schema(responses={201: SubscriptionWithSecretSerializer})
