@@ -438,7 +438,7 @@ def print_run(result: RunResult, rows: dict[str, int], sql_top: int) -> None:
         top = sum(result.phases.get(n, [0])[0] for n in
                   ("connector.sync (generate chunk)", "engine.merge_chunk", "engine.finish", "callbacks.send_progress"))
         rest = result.seconds - top
-        print(f"    {'runner: commits, run bookkeeping, cancel checks':<56} {rest:>8.2f} s "
+        print(f"    {'runner: commits (deferred FK checks), bookkeeping':<56} {rest:>8.2f} s "
               f"{100 * rest / result.seconds:>5.1f}%")
     if result.sql:
         print(f"  slowest SQL (through Django's cursor; COPY data transfer is under the COPY lines above), "
