@@ -8,8 +8,9 @@ secret is encrypted as in production) and Celery workers, then measures:
   (1) throughput: E identities created through ``identities.services.create_identity`` in committed
       transactions (batches); each commit kicks one delivery task per subscription and event. The
       clock runs from the first emit until the receiver has the last of the E x N deliveries (and
-      then until every ``WebhookDelivery`` row is ``succeeded``). ``--mode backlog`` also measures
-      draining the same backlog with consumers paused while it is written (pure delivery speed).
+      then until every ``WebhookDelivery`` row is ``succeeded``). Then (``--mode both``, the default)
+      the same again with the consumers paused while the backlog is written, timing only the drain: the
+      delivery capacity, which the live figure hides when the emitter is the slower side.
   (2) write latency: ``POST /api/v1/identities`` over HTTP against gunicorn, K requests each with
       0 subscriptions, with N subscriptions while workers deliver, and with N subscriptions while the
       workers are paused (the write path alone: outbox rows + one broker publish per subscription),
@@ -24,8 +25,9 @@ Run from the repository root (PostgreSQL and Redis running)::
     ... bench/webhooks.py --profile                        # plus a per-delivery cost breakdown (in-process)
 
 No beat runs: if deliveries stall (no progress for ``--stall-seconds`` while rows are pending), the
-script does what beat does every 30 s (``sweep_webhooks``) and reports it. Exit status: 0 when every
-delivery arrived, signed and in order, 2 otherwise. See ``bench/README.md``.
+script does what beat does every 30 s (``sweep_webhooks``) and reports it. Figures only mean something
+on an otherwise idle machine (the load average is printed). Exit status: 0 when every delivery arrived,
+signed and in order, 2 otherwise.
 """
 
 from __future__ import annotations
@@ -833,9 +835,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", choices=["solo", "prefork"], default="solo",
                         help="solo: --workers separate worker processes (default); prefork: one worker with "
                              "--concurrency --workers.")
-    parser.add_argument("--mode", choices=["live", "backlog", "both"], default="live",
-                        help="live: workers deliver while events are emitted (default); backlog: emit with the "
-                             "workers paused, then time the drain; both.")
+    parser.add_argument("--mode", choices=["live", "backlog", "both"], default="both",
+                        help="live: workers deliver while events are emitted; backlog: emit with the workers "
+                             "paused, then time the drain (the delivery capacity); both (default).")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for all deliveries.")
     parser.add_argument("--stall-seconds", type=float, default=10,
@@ -876,8 +878,12 @@ def print_throughput(result: Throughput) -> None:
           f"{result.deliveries:,} deliveries in {result.elapsed:.2f} s -> {result.rate:.0f} deliveries/s"
           + ("" if d.complete else "  INCOMPLETE"))
     if result.mode == "live":
+        lag = result.elapsed - result.emit_seconds
         print(f"  emitting took {result.emit_seconds:.2f} s ({result.events / result.emit_seconds:.0f} events/s, "
               "in this process, competing for the CPUs); clock = first emit -> last delivery at the receiver")
+        print(f"  the last delivery came {lag:.2f} s after the last commit"
+              + ("  => the emitter was the bottleneck (the workers kept up); see the backlog figure for the "
+                 "delivery capacity" if lag < 0.05 * result.elapsed + 1 else ""))
     else:
         print(f"  backlog written beforehand in {result.emit_seconds:.2f} s; clock = resume -> last delivery")
     if result.elapsed_db is not None:
@@ -958,7 +964,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(machine_info())
         print(f"load average (1 min) before / after throughput / after latency: {load_before[0]:.2f} / "
-              f"{load_mid[0]:.2f} / {load_after[0]:.2f}")
+              f"{load_mid[0]:.2f} / {load_after[0]:.2f} (this benchmark alone runs ~8 busy processes; a load "
+              f"above 1.0 before it started means other work shared the CPUs)")
         print(f"workers: {workers.description}, prefetch multiplier {settings.CELERY_WORKER_PREFETCH_MULTIPLIER}, "
               f"acks_late {settings.CELERY_TASK_ACKS_LATE}; receiver: asyncio, own process, answers 200 at once")
         for result in throughput:
