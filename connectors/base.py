@@ -31,6 +31,10 @@ class ConfigurationError(ConnectorError):
     """The connector's config or credentials are wrong: fix them, retrying will not help."""
 
 
+class SyncCancelled(ConnectorError):
+    """The run was cancelled while the connector (or its agent) was working on it."""
+
+
 class Connector(ABC):
     """A plain class in the protocol: it receives protocol requests and returns protocol responses."""
 

@@ -7,7 +7,8 @@ results streamed back). Callers never know which: same methods, same protocol ty
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .base import ConfigurationError, connector_class
 from .protocol.v1 import (
@@ -29,6 +30,30 @@ class AgentProxy(Protocol):
                         request: TestConnectionRequest) -> TestConnectionResponse: ...
 
     def provision(self, connector_type: str, agent_id: str, request: ProvisioningRequest) -> ProvisioningResponse: ...
+
+
+AgentProxyFactory = Callable[..., AgentProxy]
+_agent_proxy_factory: AgentProxyFactory | None = None
+_agent_exists: Callable[[Any], bool] | None = None
+
+
+def register_agent_proxy_factory(factory: AgentProxyFactory, exists: Callable[[Any], bool]) -> None:
+    """Called once by the agent spine at start-up; connectors never import the spine itself."""
+    global _agent_proxy_factory, _agent_exists
+    _agent_proxy_factory = factory
+    _agent_exists = exists
+
+
+def agent_exists(agent_id: Any) -> bool:
+    """Whether an agent of the current tenant has this id (False without the agent spine)."""
+    return _agent_exists is not None and _agent_exists(agent_id)
+
+
+def agent_proxy_for(*args: Any, **kwargs: Any) -> AgentProxy:
+    """An AgentProxy from the registered factory (the arguments are the factory's: connector, run)."""
+    if _agent_proxy_factory is None:
+        raise ConfigurationError("agent mode needs the agent spine, which is not installed")
+    return _agent_proxy_factory(*args, **kwargs)
 
 
 class ConnectorDispatcher:

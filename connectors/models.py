@@ -70,6 +70,8 @@ class SyncRun(models.Model):
     total_estimate = models.PositiveIntegerField(null=True, blank=True)
     progress = models.PositiveSmallIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    status_detail = models.CharField(max_length=500, blank=True,
+                                     help_text="What the run is doing or waiting for (e.g. an offline agent).")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

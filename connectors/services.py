@@ -16,7 +16,7 @@ from rapidvalue.api.errors import Conflict
 from rapidvalue.audit import services as audit
 
 from .base import ConfigurationError
-from .dispatcher import ConnectorDispatcher
+from .dispatcher import ConnectorDispatcher, agent_proxy_for
 from .models import ConnectorInstance, SyncRun
 from .protocol.v1 import TestConnectionRequest, TestConnectionResponse
 
@@ -30,6 +30,9 @@ class InvalidConnectorConfig(Conflict):
 
 
 def _validate(connector_type: str, mode: str, config: dict, auth_config: dict) -> None:
+    if mode == ConnectorInstance.Mode.AGENT and auth_config:
+        raise InvalidConnectorConfig("An agent-mode connector keeps its credentials in the agent's local config; "
+                                     "send no auth_config.")
     try:
         dispatcher = ConnectorDispatcher(connector_type, mode="hosted")
         if mode == "hosted":
@@ -47,8 +50,11 @@ def _validate(connector_type: str, mode: str, config: dict, auth_config: dict) -
 
 
 def auth_config_of(connector: ConnectorInstance) -> dict[str, Any]:
+    """Stored credentials (hosted mode); agent-mode connectors keep theirs in the agent's config."""
     import json
 
+    if connector.mode == ConnectorInstance.Mode.AGENT:
+        return {}
     return json.loads(crypto.decrypt(connector.auth_config_encrypted)) if connector.auth_config_encrypted else {}
 
 
@@ -65,7 +71,7 @@ def create_connector(*, name: str, type: str, auth_config: dict | None = None, a
     if application is None:
         application, _ = Application.objects.get_or_create(name=name, defaults={"kind": type})
     connector = ConnectorInstance(name=name, type=type, application=application,
-                                  auth_config_encrypted=crypto.encrypt(json.dumps(auth_config)),
+                                  auth_config_encrypted=crypto.encrypt(json.dumps(auth_config)) if auth_config else "",
                                   **{k: v for k, v in fields.items() if k in EDITABLE})
     connector.save()
     audit.record("connector.create", "connector", connector.pk, after=audit.snapshot(connector))
@@ -85,13 +91,27 @@ def update_connector(connector: ConnectorInstance, *, auth_config: dict | None =
     _validate(connector.type, connector.mode, connector.config, effective_auth)
     if auth_config is not None:
         connector.auth_config_encrypted = crypto.encrypt(json.dumps(auth_config))
+    if connector.mode == ConnectorInstance.Mode.AGENT:
+        connector.auth_config_encrypted = ""  # moved on premises: keep no copy of the old credentials
     connector.save()
     audit.record("connector.update", "connector", connector.pk, before=before, after=audit.snapshot(connector))
     return connector
 
 
+def dispatcher_for(connector: ConnectorInstance, run: SyncRun | None = None) -> ConnectorDispatcher:
+    """The dispatcher for a connector instance: in its worker, or through its agent.
+
+    In agent mode the credentials stay with the agent: the requests built for it carry an
+    empty ``auth_config`` (see :func:`auth_config_of`).
+    """
+    if connector.mode == ConnectorInstance.Mode.AGENT:
+        return ConnectorDispatcher(connector.type, mode="agent", agent_id=str(connector.agent_id),
+                                   agent_proxy=agent_proxy_for(connector, run))
+    return ConnectorDispatcher(connector.type, mode="hosted")
+
+
 def test_connection(connector: ConnectorInstance) -> TestConnectionResponse:
-    dispatcher = ConnectorDispatcher(connector.type, mode="hosted")
+    dispatcher = dispatcher_for(connector)
     return dispatcher.test_connection(TestConnectionRequest(
         connector_business_id=str(connector.pk), auth_config=auth_config_of(connector), config=connector.config))
 

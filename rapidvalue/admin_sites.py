@@ -20,10 +20,32 @@ class ControlPlaneAdminSite(admin.AdminSite):
     site_header = "RapidValue control plane"
     site_title = "RapidValue control plane"
     index_title = "Tenants and control plane"
+    index_template = "admin/control_plane_index.html"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pages: list[tuple[str, object, str, str]] = []
 
     def has_permission(self, request) -> bool:
         user = request.user
         return bool(user.is_active and user.is_staff and connection.schema_name == "public")
+
+    def register_page(self, route: str, view, name: str, title: str) -> None:
+        """A read-only page of a domain app (e.g. every tenant's agents); the platform imports no app."""
+        self._pages.append((route, view, name, title))
+
+    def get_urls(self):
+        from django.urls import path
+
+        pages = [path(route, self.admin_view(view), name=name) for route, view, name, _ in self._pages]
+        return pages + super().get_urls()
+
+    def each_context(self, request):
+        context = super().each_context(request)
+        from django.urls import reverse
+
+        context["extra_pages"] = [(title, reverse(f"{self.name}:{name}")) for _, _, name, title in self._pages]
+        return context
 
 
 class TenantConsoleLoginForm(AdminAuthenticationForm):

@@ -59,6 +59,16 @@ FERNET_KEYS = env_list("RAPIDVALUE_FERNET_KEYS") or [
 # How long a webhook delivery stays claimed by a worker before another may take it over.
 WEBHOOK_LEASE_SECONDS = int(os.environ.get("RAPIDVALUE_WEBHOOK_LEASE_SECONDS", "60"))
 
+# Agent spine: enrollment codes, presence and the job queue (seconds unless said otherwise).
+AGENT_ENROLLMENT_CODE_TTL_MINUTES = int(os.environ.get("RAPIDVALUE_AGENT_ENROLLMENT_CODE_TTL_MINUTES", "1440"))
+AGENT_HEARTBEAT_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_HEARTBEAT_SECONDS", "30"))
+AGENT_OFFLINE_AFTER_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_OFFLINE_AFTER_SECONDS", "90"))
+AGENT_LEASE_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_LEASE_SECONDS", "60"))
+AGENT_LONG_POLL_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_LONG_POLL_SECONDS", "25"))
+AGENT_JOB_TIMEOUT_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_JOB_TIMEOUT_SECONDS", "3600"))
+AGENT_TEST_CONNECTION_TIMEOUT_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_TEST_CONNECTION_TIMEOUT_SECONDS", "30"))
+AGENT_CHUNK_MAX_RECORDS = int(os.environ.get("RAPIDVALUE_AGENT_CHUNK_MAX_RECORDS", "5000"))
+
 # Outbound HTTP to loopback/private ranges is refused unless this is set (dev and on-prem tests).
 ALLOW_PRIVATE_TARGETS = env_bool("RAPIDVALUE_ALLOW_PRIVATE_TARGETS", False)
 
@@ -98,6 +108,7 @@ TENANT_APPS = [
     "identities",
     "access",
     "connectors",
+    "agentspine",
 ]
 
 INSTALLED_APPS = list(SHARED_APPS) + [app for app in TENANT_APPS if app not in SHARED_APPS]
@@ -237,6 +248,9 @@ SPECTACULAR_SETTINGS = {
         "TenantStatusEnum": "rapidvalue.tenancy.models.Tenant.Status",
         "SyncRunStatusEnum": "connectors.models.SyncRun.Status",
         "WebhookDeliveryStatusEnum": "rapidvalue.webhooks.models.WebhookDelivery.Status",
+        "AgentStateEnum": "agentspine.models.Agent.State",
+        "AgentJobKindEnum": "agentspine.models.AgentJob.Kind",
+        "AgentJobStatusEnum": "agentspine.models.AgentJob.Status",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -254,6 +268,10 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULE = {
+    "mark-silent-agents-offline": {
+        "task": "agentspine.tasks.mark_silent_agents_offline_all_tenants",
+        "schedule": timedelta(seconds=15),
+    },
     "start-scheduled-connector-syncs": {
         "task": "connectors.tasks.start_scheduled_syncs_all_tenants",
         "schedule": timedelta(minutes=1),

@@ -19,7 +19,7 @@ from django.db import connection
 from django.test import Client
 from django_tenants.utils import schema_context, tenant_context
 
-from rapidvalue.redis_client import get_redis
+from rapidvalue.redis_client import get_blocking_redis, get_redis
 
 PASSWORD = "correct-horse-battery-9"
 
@@ -52,9 +52,11 @@ def _isolated_redis():
     first = int(os.environ.get("RV_TEST_REDIS_DB", "1"))
     settings.REDIS_URL = f"{base}/{first + _worker_index()}"
     get_redis.cache_clear()
+    get_blocking_redis.cache_clear()
     get_redis().flushdb()
     yield
     get_redis.cache_clear()
+    get_blocking_redis.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +120,13 @@ def _build_world(slug: str, name: str) -> TenantWorld:
         member = User.objects.create_user(f"member@{slug}.test", PASSWORD)
         admin_service = create_api_token(tenant=tenant, name=f"{slug}-hr-sync", role="admin")
         auditor_service = create_api_token(tenant=tenant, name=f"{slug}-siem-reader", role="auditor")
-        agent = create_api_token(tenant=tenant, name=f"{slug}-agent", kind="agent", role="auditor")
+        from django.utils import timezone
+
+        from agentspine.models import Agent
+
+        enrolled = Agent.objects.create(name=f"{slug}-world-agent", enrolled_at=timezone.now())
+        agent = create_api_token(tenant=tenant, name=f"{slug}-agent", kind="agent", role="auditor",
+                                 agent_id=enrolled.pk)
         world = TenantWorld(
             tenant=tenant, admin=admin, auditor=auditor, member=member,
             admin_service_token=admin_service.raw, auditor_service_token=auditor_service.raw,

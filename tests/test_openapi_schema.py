@@ -25,6 +25,7 @@ ANONYMOUS_OPERATIONS = {
     ("post", "/api/v1/auth/login"),
     ("post", "/api/v1/auth/refresh"),
     ("post", "/api/v1/auth/logout"),
+    ("post", "/api/v1/agent/register"),  # the one-time enrollment code is the credential
 }
 # The one documented endpoint outside /api/v1/: the unauthenticated health probe.
 PATHS_OUTSIDE_API = {"/health"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from connectors.base import connector_types
+from connectors.dispatcher import agent_exists
 from connectors.models import ConnectorInstance, SyncRecordError, SyncRun
 from connectors.sync.engine import CORRELATION_ACCOUNT, CORRELATION_IDENTITY
 from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
@@ -38,6 +39,8 @@ class ConnectorSerializer(PlatformModelSerializer):
         agent = attrs.get("agent_id", getattr(self.instance, "agent_id", None))
         if mode == "agent" and not agent:
             raise serializers.ValidationError({"agent_id": ["Agent mode needs the agent that runs the connector."]})
+        if agent and not agent_exists(agent):
+            raise serializers.ValidationError({"agent_id": ["No agent with this id."]})
         if self.instance is not None and "type" in attrs and attrs["type"] != self.instance.type:
             raise serializers.ValidationError({"type": ["The type of a connector cannot change."]})
         return attrs
@@ -56,8 +59,8 @@ class SyncRunSerializer(PlatformModelSerializer):
     class Meta:
         model = SyncRun
         fields = ["id", "connector", "status", "incremental", "max_records", "chunk_size", "callback_url",
-                  "requested_by", "counts", "processed", "total_estimate", "progress", "cancel_requested", "error",
-                  "created_at", "started_at", "finished_at"]
+                  "requested_by", "counts", "processed", "total_estimate", "progress", "cancel_requested",
+                  "status_detail", "error", "created_at", "started_at", "finished_at"]
         read_only_fields = fields
 
 

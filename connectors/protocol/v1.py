@@ -185,10 +185,27 @@ class Capabilities(_Model):
     operations: list[OperationKind] = Field(default_factory=list)
 
 
+class ResultChunk(_Model):
+    """Part of a SyncResponse's record lists, as an agent uploads it (``POST /agent/jobs/{id}/chunks``).
+
+    A large page travels as several chunks; the server concatenates them in sequence order.
+    """
+
+    identities: list[RemoteIdentity] = Field(default_factory=list)
+    accounts: list[RemoteAccount] = Field(default_factory=list)
+    entitlements: list[RemoteEntitlement] = Field(default_factory=list)
+    grants: list[RemoteGrant] = Field(default_factory=list)
+    record_errors: list[RecordError] = Field(default_factory=list)
+
+    @property
+    def record_count(self) -> int:
+        return len(self.identities) + len(self.accounts) + len(self.entitlements) + len(self.grants)
+
+
 ENVELOPE_MODELS: tuple[type[BaseModel], ...] = (
     SyncRequest, SyncResponse, RemoteIdentity, RemoteAccount, RemoteEntitlement, RemoteGrant,
     RecordError, ProvisioningRequest, ProvisioningOperation, ProvisioningResponse, OperationResult,
-    TestConnectionRequest, TestConnectionResponse, Capabilities,
+    TestConnectionRequest, TestConnectionResponse, Capabilities, ResultChunk,
 )
 
 

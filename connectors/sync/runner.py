@@ -12,7 +12,7 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from connectors.dispatcher import ConnectorDispatcher
+from connectors.base import SyncCancelled
 from connectors.models import SyncRecordError, SyncRun
 from connectors.protocol.v1 import SyncRequest
 from rapidvalue.audit import services as audit
@@ -41,11 +41,11 @@ def execute(run_id) -> str:
     if run is None:
         return "skipped"
     connector = run.connector
-    from connectors.services import auth_config_of
+    from connectors.services import auth_config_of, dispatcher_for
 
     totals = dict(run.counts)
     try:
-        dispatcher = ConnectorDispatcher(connector.type, mode="hosted")
+        dispatcher = dispatcher_for(connector, run)
         cursor = None
         while True:
             if SyncRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
@@ -89,6 +89,8 @@ def execute(run_id) -> str:
             audit.record("connector.sync_complete", "sync_run", run.pk,
                          after=totals)
         _finish(run, SyncRun.Status.SUCCEEDED)
+    except SyncCancelled:
+        _finish(run, SyncRun.Status.CANCELLED)
     except Exception as exc:
         logger.exception("sync run %s failed", run.pk)
         _finish(run, SyncRun.Status.FAILED, f"{exc.__class__.__name__}: {exc}")

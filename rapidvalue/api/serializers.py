@@ -41,8 +41,17 @@ class StrictJSONTypesMixin:
             for name, field in self.fields.items():
                 if field.read_only or name not in data or data[name] is None:
                     continue
+                value = data[name]
+                if isinstance(field, serializers.ListField) and isinstance(value, list):
+                    # The items of a list are checked the same way: ``[false]`` is not a list of UUIDs.
+                    field = field.child
+                    expected = _expected_type(field)
+                    if expected and any(_wrong_type(item, expected) for item in value):
+                        kind = {bool: "boolean", int: "integer", str: "string"}.get(expected[0], "number")
+                        errors[name] = [f"Each item must be a JSON {kind}."]
+                    continue
                 expected = _expected_type(field)
-                if expected and _wrong_type(data[name], expected):
+                if expected and _wrong_type(value, expected):
                     kind = {bool: "boolean", int: "integer", str: "string"}.get(expected[0], "number")
                     errors[name] = [f"Must be a JSON {kind}."]
             if errors:

@@ -1,0 +1,83 @@
+"""HTTP calls to RapidValue's agent spine, with reconnection and backoff.
+
+Only the agent calls out; the server never connects to it. Network errors and 5xx answers are
+retried with capped exponential backoff and jitter (the server may be restarting); 4xx answers are
+the server's final word and surface as :class:`ServerRefused`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from . import __version__, log
+
+
+class ServerRefused(Exception):
+    def __init__(self, status: int, body: Any):
+        self.status = status
+        self.body = body
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        self.code = error.get("code", "")
+        super().__init__(f"{status} {self.code}: {error.get('message', body)}")
+
+
+class Stopped(Exception):
+    """Raised instead of retrying once the agent is shutting down."""
+
+
+class Client:
+    def __init__(self, base_url: str, token: str | None = None, *, verify: bool | str = True,
+                 max_backoff: float = 30.0, stop: threading.Event | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.max_backoff = max_backoff
+        self.stop = stop or threading.Event()
+        self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=httpx.Timeout(30.0, connect=10.0),
+                                  headers={"User-Agent": f"rapidvalue-agent/{__version__}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+                timeout: float | None = None, retry: bool = True) -> httpx.Response:
+        """One call; retried on network errors and 5xx until it works or the agent stops."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        delay = 1.0
+        while True:
+            try:
+                response = self._http.request(method, path, json=json, params=params, headers=headers,
+                                              timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+                if response.status_code < 500:
+                    if response.status_code >= 400:
+                        raise ServerRefused(response.status_code, _body(response))
+                    return response
+                problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{exc.__class__.__name__}: {exc}"
+            if not retry or self.stop.is_set():
+                raise Stopped(problem)
+            wait = min(self.max_backoff, delay) * random.uniform(0.7, 1.3)  # noqa: S311 - jitter, not crypto
+            log.warning("server.unreachable", path=path, problem=problem, retry_in=round(wait, 2))
+            if self.stop.wait(wait):
+                raise Stopped(problem)
+            delay = min(self.max_backoff, delay * 2)
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500]
+
+
+def sleep_unless_stopped(stop: threading.Event, seconds: float) -> bool:
+    """True when the agent was asked to stop while waiting."""
+    return stop.wait(seconds) if seconds > 0 else stop.is_set()
+
+
+__all__ = ["Client", "ServerRefused", "Stopped", "sleep_unless_stopped", "time"]

@@ -1,0 +1,148 @@
+"""``rapidvalue-agent run``: heartbeats, the long-poll loop, one job at a time, clean shutdown.
+
+Threads: the main thread polls and supervises; a heartbeat thread reports presence (and the job
+in hand, which keeps its lease alive); a job thread runs the connector and uploads. On SIGTERM or
+SIGINT the agent stops polling, lets the job in hand finish for up to ``shutdown_grace_seconds``,
+and otherwise hands it back to the server (``release``) so another run picks it up at once.
+"""
+
+from __future__ import annotations
+
+import platform
+import signal
+import threading
+from typing import Any
+
+from connectors.base import connector_types
+
+from . import __version__, jobs, log
+from .client import Client, ServerRefused, Stopped
+from .config import AgentConfig
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class AgentRuntime:
+    def __init__(self, config: AgentConfig, server_url: str, token: str):
+        self.config = config
+        self.stop = threading.Event()
+        self.client = Client(server_url, token, verify=config.verify_tls, max_backoff=config.max_backoff_seconds,
+                             stop=self.stop)
+        self.heartbeat_seconds = 30.0
+        self.current: dict[str, Any] | None = None
+        self._polling = False
+        self.fatal: str | None = None
+
+    # -- presence ------------------------------------------------------------------------
+
+    def heartbeat_once(self) -> None:
+        body = {"version": __version__, "hostname": platform.node(),
+                "capabilities": {"connector_types": sorted(connector_types()),
+                                 "configured_connectors": sorted(self.config.connectors)},
+                "running_jobs": [self.current["id"]] if self.current else []}
+        ack = self.client.request("POST", "/api/v1/agent/heartbeat", json=body, retry=False).json()
+        self.heartbeat_seconds = float(ack.get("heartbeat_seconds", self.heartbeat_seconds))
+
+    def _heartbeats(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.heartbeat_once()
+            except ServerRefused as exc:
+                if exc.status == 401:
+                    self._fatal(f"the server refused the agent token ({exc.code}); enroll again")
+                    return
+                log.warning("heartbeat.refused", error=str(exc))
+            except Stopped as exc:
+                log.warning("heartbeat.failed", problem=str(exc))
+            self.stop.wait(self.heartbeat_seconds)
+
+    def _fatal(self, message: str) -> None:
+        log.error("agent.fatal", error=message)
+        self.fatal = message
+        self.stop.set()
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("agent.stopping", signal=signal.Signals(signum).name, job=self.current["id"] if self.current else None)
+        self.stop.set()
+        if self._polling:
+            raise _Interrupted()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("agent.start", version=__version__, server=self.client.base_url,
+                 connectors=sorted(self.config.connectors))
+        beats = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beats.start()
+        try:
+            while not self.stop.is_set():
+                job = self._next_job()
+                if job is not None:
+                    self._run_job(job)
+        finally:
+            self.client.close()
+            log.info("agent.stopped", reason=self.fatal or "signal")
+        return 1 if self.fatal else 0
+
+    def _next_job(self) -> dict[str, Any] | None:
+        wait = self.config.long_poll_seconds
+        self._polling = True
+        try:
+            response = self.client.request("GET", "/api/v1/agent/jobs/next", params={"wait": wait},
+                                           timeout=wait + 15)
+        except _Interrupted:
+            return None
+        except Stopped:
+            return None
+        except ServerRefused as exc:
+            if exc.status == 401:
+                self._fatal(f"the server refused the agent token ({exc.code}); enroll again")
+            else:
+                log.warning("jobs.refused", error=str(exc))
+                self.stop.wait(5)
+            return None
+        finally:
+            self._polling = False
+        if response.status_code == 204:
+            return None
+        return response.json()
+
+    def _run_job(self, job: dict[str, Any]) -> None:
+        self.current = job
+        log.info("job.start", job=job["id"], kind=job["kind"], attempt=job["attempt"], connector=job["connector"]["id"])
+        outcome: dict[str, str] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = jobs.execute(self.client, self.config, job, self.stop)
+            except Stopped as exc:
+                outcome["result"] = f"interrupted: {exc}"
+            except Exception as exc:  # a bug or an unexpected answer: report it, keep the agent alive
+                log.error("job.crashed", job=job["id"], error=f"{exc.__class__.__name__}: {exc}")
+                outcome["result"] = "crashed"
+
+        worker = threading.Thread(target=work, name=f"job-{job['id']}", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=0.2)
+            if self.stop.is_set() and worker.is_alive():
+                worker.join(timeout=self.config.shutdown_grace_seconds)
+                if worker.is_alive():
+                    self._hand_back(job)
+                break
+        self.current = None
+
+    def _hand_back(self, job: dict[str, Any]) -> None:
+        try:
+            Client(self.client.base_url, self.client.token, verify=self.config.verify_tls).request(
+                "POST", f"/api/v1/agent/jobs/{job['id']}/release", json={"lease_id": job["lease"]["id"]},
+                retry=False)
+            log.info("job.released", job=job["id"])
+        except (ServerRefused, Stopped) as exc:
+            log.warning("job.release_failed", job=job["id"], error=str(exc))

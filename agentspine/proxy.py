@@ -1,0 +1,137 @@
+"""AgentProxyConnector: the dispatcher's agent mode, made real with the job queue.
+
+Every dispatcher call for an agent-mode connector becomes one job for that connector's agent;
+this object waits for the job (outside any transaction) and returns the same protocol response a
+hosted connector would. While it waits, the sync run's ``status_detail`` says what it waits for
+(an offline agent, a queued job, which attempt is running), its heartbeat stays fresh, and a
+cancellation of the run cancels the job.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from connectors.base import ConnectorError, SyncCancelled
+from connectors.models import ConnectorInstance, SyncRun
+from connectors.protocol.v1 import (
+    OperationResult,
+    ProvisioningRequest,
+    ProvisioningResponse,
+    SyncRequest,
+    SyncResponse,
+    TestConnectionRequest,
+    TestConnectionResponse,
+)
+
+from .models import Agent, AgentJob
+from .services import jobs
+
+WAIT_SLICE_SECONDS = 5
+
+
+class AgentUnavailable(ConnectorError):
+    transient = True
+
+
+def _describe(job: AgentJob, agent: Agent | None) -> str:
+    name = agent.name if agent else "?"
+    if job.status == AgentJob.Status.LEASED:
+        return f"agent '{name}' is running this job (attempt {job.attempt})"
+    if agent is None or agent.revoked_at is not None:
+        return f"agent '{name}' has been revoked"
+    if agent.enrolled_at is None:
+        return f"waiting for agent '{name}': it has not enrolled yet"
+    if not agent.online:
+        since = agent.offline_since or agent.last_heartbeat_at
+        when = f" since {since:%Y-%m-%d %H:%M:%S} UTC" if since else ""
+        return f"waiting for agent '{name}': offline{when}"
+    return f"queued for agent '{name}' (online)"
+
+
+class AgentProxyConnector:
+    """Implements connectors.dispatcher.AgentProxy for one connector (and, for syncs, one run)."""
+
+    def __init__(self, connector: ConnectorInstance, run: SyncRun | None = None):
+        self.connector = connector
+        self.run = run
+
+    @classmethod
+    def for_connector(cls, connector: ConnectorInstance, run: SyncRun | None = None) -> AgentProxyConnector:
+        return cls(connector, run)
+
+    # -- the AgentProxy protocol ------------------------------------------------------------
+
+    def sync(self, connector_type: str, agent_id: str, request: SyncRequest) -> SyncResponse:
+        job = self._enqueue(agent_id, AgentJob.Kind.SYNC, request)
+        outcome = self._await(job, settings.AGENT_JOB_TIMEOUT_SECONDS)
+        if outcome is None:
+            return SyncResponse(success=False, error=job.error)
+        return SyncResponse.model_validate(outcome)
+
+    def test_connection(self, connector_type: str, agent_id: str,
+                        request: TestConnectionRequest) -> TestConnectionResponse:
+        job = self._enqueue(agent_id, AgentJob.Kind.TEST_CONNECTION, request)
+        outcome = self._await(job, settings.AGENT_TEST_CONNECTION_TIMEOUT_SECONDS)
+        if outcome is None:
+            return TestConnectionResponse(success=False, message=job.error)
+        return TestConnectionResponse.model_validate(
+            {k: v for k, v in outcome.items() if k not in jobs.CHUNK_KEYS})
+
+    def provision(self, connector_type: str, agent_id: str, request: ProvisioningRequest) -> ProvisioningResponse:
+        job = self._enqueue(agent_id, AgentJob.Kind.PROVISION, request)
+        outcome = self._await(job, settings.AGENT_JOB_TIMEOUT_SECONDS)
+        if outcome is None:
+            return ProvisioningResponse(results=[
+                OperationResult(operation_id=op.operation_id, success=False, error=job.error, retryable=True)
+                for op in request.operations])
+        return ProvisioningResponse.model_validate(
+            {k: v for k, v in outcome.items() if k not in jobs.CHUNK_KEYS})
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def _enqueue(self, agent_id: str, kind: str, request: Any) -> AgentJob:
+        # Credentials never travel to the agent: it reads its own from its local config.
+        body = request.model_dump(mode="json", exclude={"auth_config"})
+        return jobs.enqueue(agent_id=agent_id, connector=self.connector, kind=kind, request=body,
+                            sync_run=self.run)
+
+    def _note(self, detail: str) -> None:
+        if self.run is not None:
+            SyncRun.objects.filter(pk=self.run.pk).update(status_detail=detail[:500], heartbeat_at=timezone.now())
+
+    def _await(self, job: AgentJob, timeout: float) -> dict[str, Any] | None:
+        """The job's assembled result; None when it failed or timed out (``job.error`` says why)."""
+        deadline = time.monotonic() + timeout
+        last_detail = None
+        while True:
+            job.refresh_from_db()
+            if job.status == AgentJob.Status.SUCCEEDED:
+                result = jobs.assemble(job)
+                jobs.discard_chunks(job)
+                self._note("")
+                return result
+            if job.status in (AgentJob.Status.FAILED, AgentJob.Status.CANCELLED):
+                job.error = f"agent job failed: {job.error}" if job.error else "agent job failed"
+                self._note("")
+                return None
+            if self.run is not None and SyncRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+                jobs.cancel(job, "the sync run was cancelled")
+                raise SyncCancelled("cancelled while the agent was working")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                agent = Agent.objects.filter(pk=job.agent_id).first()
+                reason = f"no result within {int(timeout)} s; {_describe(job, agent)}"
+                jobs.cancel(job, reason)
+                job.error = reason
+                self._note("")
+                return None
+            agent = Agent.objects.filter(pk=job.agent_id).first()
+            detail = _describe(job, agent)
+            if detail != last_detail or self.run is not None:
+                self._note(detail)
+                last_detail = detail
+            jobs.wait_until_finished(job, min(WAIT_SLICE_SECONDS, remaining))
