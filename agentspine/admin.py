@@ -73,6 +73,13 @@ class AgentJobAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 def all_agents_view(request):
     """Every tenant's agents in one UNION ALL query (schemas are validated slugs, quoted anyway)."""
     tenants = list(Tenant.objects.exclude(schema_name="public").order_by("slug"))
+    with connection.cursor() as cursor:
+        # A schema not yet migrated (during a rolling upgrade) is listed as such rather than failing the page.
+        cursor.execute("SELECT schemaname FROM pg_tables WHERE tablename = 'agentspine_agent' AND schemaname = ANY(%s)",
+                       [[t.schema_name for t in tenants]])
+        ready = {name for (name,) in cursor.fetchall()}
+    lagging = [t.slug for t in tenants if t.schema_name not in ready]
+    tenants = [t for t in tenants if t.schema_name in ready]
     rows: list[dict] = []
     if tenants:
         quote = connection.ops.quote_name
@@ -91,7 +98,7 @@ def all_agents_view(request):
                                 else "online" if row["online"] else "offline")
                 rows.append(row)
     context = {**control_plane_site.each_context(request), "rows": rows, "title": "Agents of all tenants",
-               "online": sum(r["state"] == "online" for r in rows),
+               "online": sum(r["state"] == "online" for r in rows), "lagging": lagging,
                "offline_after": settings.AGENT_OFFLINE_AFTER_SECONDS}
     return TemplateResponse(request, "admin/agentspine/all_agents.html", context)
 

@@ -5,6 +5,7 @@ class AgentSpineConfig(AppConfig):
     """Agent enrollment, agent tokens, presence, the job queue and the AgentProxyConnector."""
 
     name = "agentspine"
+    verbose_name = "On-premises agents"
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:

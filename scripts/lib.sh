@@ -244,4 +244,9 @@ rv_install_test_peers() {
         printf 'slapd slapd/no_configuration boolean true\n' | _rv_root debconf-set-selections
         _rv_apt_install slapd ldap-utils
     fi
+    # The consoles are tested in a real browser: Debian's Chromium (Playwright drives it; its own
+    # browser download is not reachable from CI).
+    if [ ! -x /usr/bin/chromium ]; then
+        _rv_apt_install chromium fonts-dejavu-core
+    fi
 }

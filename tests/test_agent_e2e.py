@@ -36,6 +36,7 @@ from rapidvalue.authn.services import create_api_token
 from rapidvalue.celery import app
 from rapidvalue.tenancy.services import provision_tenant
 from tests import ldap_server
+from tests.servers import Server
 from tests.test_celery_tasks import _database_url_of_test_db, _point_app_at
 from tests.test_webhook_worker import start_worker, stop
 
@@ -49,7 +50,6 @@ SERVER_ENV = {
     "RAPIDVALUE_AGENT_OFFLINE_AFTER_SECONDS": "5",
     "RAPIDVALUE_AGENT_JOB_TIMEOUT_SECONDS": "120",
     "RAPIDVALUE_ALLOW_PRIVATE_TARGETS": "1",  # the hosted comparison run reaches slapd on loopback
-    "PYTHONUNBUFFERED": "1",
 }
 
 
@@ -69,51 +69,6 @@ def agent_dist(tmp_path_factory) -> Path:
     assert "connectors/protocol/v1.py" in shipped and "agent/cli.py" in shipped
     assert not {"connectors/models.py", "connectors/services.py"} & shipped, "Django code shipped with the agent"
     return target
-
-
-def _free_port() -> int:
-    return ldap_server.free_port()
-
-
-class Server:
-    """gunicorn serving the test database; can be killed and started again on the same port."""
-
-    def __init__(self, database_url: str, log_dir: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = database_url
-        self.log_dir = log_dir
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> Server:
-        self.starts += 1
-        env = {**os.environ, **SERVER_ENV, "DATABASE_URL": self.database_url, "REDIS_URL": settings.REDIS_URL,
-               "DJANGO_SETTINGS_MODULE": "rapidvalue.settings"}
-        log = (self.log_dir / f"server-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "rapidvalue.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "1", "--worker-class", "gthread", "--threads", "8", "--timeout", "60",
-             "--graceful-timeout", "2", "--log-level", "warning"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert self.process.poll() is None, self.log()
-            time.sleep(0.2)
-        raise AssertionError(f"server did not start\n{self.log()}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.log_dir.glob("server-*.log")))
 
 
 class AgentProcess:
@@ -228,7 +183,7 @@ def stack(world, django_db_blocker, tmp_path_factory):
                 tenants[slug] = tenant
             with _env(SERVER_ENV):
                 worker, _ = start_worker(database_url, logs / "worker.log")
-            server = Server(database_url, logs).start()
+            server = Server(database_url, logs, SERVER_ENV).start()
             yield Stack(server, tenants, tokens)
         finally:
             if server is not None:
