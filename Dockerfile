@@ -29,4 +29,5 @@ RUN SECRET_KEY=build-time-dummy-not-used-at-runtime \
 
 EXPOSE 8000
 
-CMD ["gunicorn", "rapidvalue.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", "--access-logfile", "-"]
+CMD ["gunicorn", "rapidvalue.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "4", \
+     "--worker-class", "gthread", "--threads", "16", "--timeout", "60", "--access-logfile", "-"]
