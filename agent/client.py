@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -32,9 +33,12 @@ class Stopped(Exception):
 
 class Client:
     def __init__(self, base_url: str, token: str | None = None, *, verify: bool | str = True,
-                 max_backoff: float = 30.0, stop: threading.Event | None = None):
+                 max_backoff: float = 30.0, stop: threading.Event | None = None,
+                 token_source: Callable[[], str | None] | None = None):
         self.base_url = base_url.rstrip("/")
         self.token = token
+        # Where a newer token may appear (the state file, after ``rotate-token``): read again on a 401.
+        self.token_source = token_source
         self.max_backoff = max_backoff
         self.stop = stop or threading.Event()
         self._http = httpx.Client(base_url=self.base_url, verify=verify, timeout=httpx.Timeout(30.0, connect=10.0),
@@ -43,15 +47,28 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def _reload_token(self) -> bool:
+        """True when the token source holds a different token than the one just refused."""
+        fresh = (self.token_source or _no_source)()
+        if fresh and fresh != self.token:
+            log.info("token.reloaded")
+            self.token = fresh
+            return True
+        return False
+
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                 timeout: float | None = None, retry: bool = True) -> httpx.Response:
         """One call; retried on network errors and 5xx until it works or the agent stops."""
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         delay = 1.0
+        reloaded = False
         while True:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             try:
                 response = self._http.request(method, path, json=json, params=params, headers=headers,
                                               timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+                if response.status_code == 401 and not reloaded and self._reload_token():
+                    reloaded = True
+                    continue
                 if response.status_code < 500:
                     if response.status_code >= 400:
                         raise ServerRefused(response.status_code, _body(response))
@@ -66,6 +83,10 @@ class Client:
             if self.stop.wait(wait):
                 raise Stopped(problem)
             delay = min(self.max_backoff, delay * 2)
+
+
+def _no_source() -> None:
+    return None
 
 
 def _body(response: httpx.Response) -> Any:

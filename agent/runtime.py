@@ -17,7 +17,7 @@ from connectors.base import connector_types
 
 from . import __version__, jobs, log
 from .client import Client, ServerRefused, Stopped
-from .config import AgentConfig
+from .config import AgentConfig, ConfigError, read_state
 
 
 class _Interrupted(Exception):
@@ -29,11 +29,18 @@ class AgentRuntime:
         self.config = config
         self.stop = threading.Event()
         self.client = Client(server_url, token, verify=config.verify_tls, max_backoff=config.max_backoff_seconds,
-                             stop=self.stop)
+                             stop=self.stop, token_source=self._token_on_disk)
         self.heartbeat_seconds = 30.0
         self.current: dict[str, Any] | None = None
         self._polling = False
         self.fatal: str | None = None
+
+    def _token_on_disk(self) -> str | None:
+        """``rotate-token`` run beside a running agent writes the new token to the state file."""
+        try:
+            return read_state(self.config.state_file).get("token")
+        except ConfigError:
+            return None
 
     # -- presence ------------------------------------------------------------------------
 

@@ -376,7 +376,7 @@ def test_an_agent_killed_mid_job_is_replaced_and_nothing_is_duplicated(stack, ag
         second.kill()
 
 
-def test_the_agent_rides_out_a_server_restart_and_revocation_stops_it(stack, agent_dist, tmp_path):
+def test_the_agent_rides_out_a_server_restart_and_a_token_rotation_and_revocation_stops_it(stack, agent_dist, tmp_path):
     client = stack.api("e2eagent")
     connector = client.post("/api/v1/connectors", json={"name": "Small HR", "type": "synthetic",
                                                         "config": {"people": 20, "seed": 3}}).json()
@@ -393,6 +393,14 @@ def test_the_agent_rides_out_a_server_restart_and_revocation_stops_it(stack, age
         run = _sync(client, connector["id"])
         assert _wait_run(client, connector["id"], run["id"])["status"] == "succeeded", proc.log_text()
         assert proc.process.poll() is None
+
+        # rotate-token beside the running agent: the old token dies at once, the agent picks up the new one.
+        old_token = json.loads((tmp_path / "r" / "state.json").read_text())["token"]
+        rotated = proc.command("rotate-token", "--config", str(proc.config))
+        assert rotated.returncode == 0, rotated.stderr
+        assert json.loads((tmp_path / "r" / "state.json").read_text())["token"] != old_token
+        assert old_token not in rotated.stderr
+        proc.wait_for("token.reloaded", timeout=20)
 
         # A long poll answers as soon as a job arrives, not at the end of its wait.
         poller_started = time.monotonic()
