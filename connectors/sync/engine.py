@@ -18,6 +18,7 @@ that manager links and paths depend on changed (else :func:`finish` skips the tr
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -366,50 +367,84 @@ def _merge_entitlements(connector: ConnectorInstance, response: SyncResponse, re
     result.counts["entitlements_unchanged"] += len({r[0] for r in rows}) - len(flags)
 
 
+# A time-ordered UUID (version 7, RFC 9562: 48-bit Unix milliseconds, then random bits) for new
+# grants: a sync inserts 1M of them, and random (v4) keys land all over the primary key index, so
+# each insert dirties a different leaf page once the index outgrows shared_buffers; ordered keys
+# append to the right edge. Ids stay opaque and unique; only their order follows creation.
+UUID7_SQL = ("encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+             "substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) "
+             "FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid")
+
 _RESOLVE_GRANTS = """
 CREATE TEMP TABLE IF NOT EXISTS resolved_grant (entitlement_id uuid, account_id uuid, identity_id uuid,
     existing_id uuid, entitlement_value text, account_native_id text, identity_external_id text) ON COMMIT DROP;
 TRUNCATE resolved_grant;
+WITH src AS MATERIALIZED (
+    SELECT e.id AS entitlement_id, a.id AS account_id, CASE WHEN a.id IS NULL THEN i.id END AS identity_id,
+           s.entitlement_value, s.account_native_id, s.identity_external_id
+    FROM stage_grant s
+    LEFT JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
+    LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
+    LEFT JOIN identities_identity i ON i.external_id = s.identity_external_id
+){held}
 INSERT INTO resolved_grant
-SELECT e.id, a.id, CASE WHEN a.id IS NULL THEN i.id END, {existing}, s.entitlement_value, s.account_native_id,
-       s.identity_external_id
-FROM stage_grant s
-LEFT JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
-LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
-LEFT JOIN identities_identity i ON i.external_id = s.identity_external_id
-{joins}
+SELECT src.entitlement_id, src.account_id, src.identity_id, {existing}, src.entitlement_value,
+       src.account_native_id, src.identity_external_id
+FROM src {join_held}
 """
 
-# The active sync grant a staged one already is, found through the partial unique indexes
-# (grant_sync_account_uniq, grant_sync_identity_uniq): at most one match each.
-_EXISTING_GRANT_JOINS = """
-LEFT JOIN access_grant ga ON ga.account_id = a.id AND ga.entitlement_id = e.id
-    AND ga.source = 'sync' AND ga.state = 'active'
-LEFT JOIN access_grant gi ON a.id IS NULL AND gi.identity_id = i.id AND gi.entitlement_id = e.id
-    AND gi.account_id IS NULL AND gi.source = 'sync' AND gi.state = 'active'
+# The active sync grants of the chunk's accounts, read by account (one index range each, ~10
+# grants) and hash-joined to the staged ones: a tenth of the index descents of one probe per grant.
+_HELD_BY_ACCOUNT = """,
+held AS MATERIALIZED (
+    SELECT g.id, g.account_id, g.entitlement_id FROM access_grant g
+    WHERE g.account_id = ANY(ARRAY(SELECT DISTINCT account_id FROM src WHERE account_id IS NOT NULL))
+      AND g.source = 'sync' AND g.state = 'active'
+)"""
+
+# Grants held by an identity directly (no account) are rare: probed one by one, and only when
+# the chunk has any.
+_EXISTING_IDENTITY_GRANTS = """
+UPDATE resolved_grant r SET existing_id = g.id FROM access_grant g
+WHERE r.account_id IS NULL AND r.identity_id IS NOT NULL AND r.entitlement_id IS NOT NULL
+  AND g.identity_id = r.identity_id AND g.entitlement_id = r.entitlement_id AND g.account_id IS NULL
+  AND g.source = 'sync' AND g.state = 'active'
 """
 
 _INSERT_GRANTS = """
 WITH ins AS (
     INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference,
         granted_by, state, created_at)
-    SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
+    SELECT {uuid7}, r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
         'active', now()
-    FROM resolved_grant r
+    FROM {rows} r
     WHERE r.existing_id IS NULL AND r.entitlement_id IS NOT NULL
       AND (r.account_id IS NOT NULL OR r.identity_id IS NOT NULL)
-    ON CONFLICT DO NOTHING
+    {conflict}
     RETURNING id
 )
 {record}
 """
+
+# A first load inserts without ON CONFLICT: a speculative insertion checks every unique index
+# first and then rewrites the heap tuple to confirm it, which costs more than the insert itself.
+# Duplicates are dropped before: within the chunk by DISTINCT ON, against earlier chunks of the
+# run by one probe of the partial unique index each.
+_FIRST_LOAD_GRANT_ROWS = """(
+    SELECT DISTINCT ON (d.entitlement_id, d.account_id, d.identity_id) d.* FROM resolved_grant d
+    WHERE NOT EXISTS (SELECT 1 FROM access_grant g WHERE d.account_id IS NOT NULL AND g.account_id = d.account_id
+                        AND g.entitlement_id = d.entitlement_id AND g.source = 'sync' AND g.state = 'active')
+      AND NOT EXISTS (SELECT 1 FROM access_grant g WHERE d.account_id IS NULL AND g.identity_id = d.identity_id
+                        AND g.entitlement_id = d.entitlement_id AND g.account_id IS NULL
+                        AND g.source = 'sync' AND g.state = 'active')
+)"""
 
 
 def _merge_grants(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
                   result: ChunkResult) -> None:
     """Resolve the staged grants to ids, insert the new ones, record the ids of all (full sync).
 
-    Existing grants are looked up once, while resolving, by index probe; a first load skips that.
+    Existing grants are looked up once, while resolving, by account; a first load skips that.
     The ids a full sync saw come from that lookup and from ``INSERT ... RETURNING``: never a
     second pass over the grant table.
     """
@@ -419,18 +454,29 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, response: Sync
     _copy("stage_grant", ("entitlement_value", "account_native_id", "identity_external_id"), rows)
     first_load = state.grants_first_load
     with connection.cursor() as cursor:
-        cursor.execute(_RESOLVE_GRANTS.format(existing="NULL::uuid" if first_load else "COALESCE(ga.id, gi.id)",
-                                              joins="" if first_load else _EXISTING_GRANT_JOINS),
-                       {"app": connector.application_id})
+        # Every join here must hash: the staging tables have no statistics, and a nested loop over
+        # them scans the chunk once per row.
+        cursor.execute("SET LOCAL enable_nestloop = off")
+        cursor.execute(_RESOLVE_GRANTS.format(
+            held="" if first_load else _HELD_BY_ACCOUNT, existing="NULL::uuid" if first_load else "h.id",
+            join_held="" if first_load else "LEFT JOIN held h ON h.account_id = src.account_id "
+                                            "AND h.entitlement_id = src.entitlement_id",
+        ), {"app": connector.application_id})
+        cursor.execute("RESET enable_nestloop")
+        if not first_load and any(not account for _, account, _ in rows):
+            cursor.execute(_EXISTING_IDENTITY_GRANTS)
+        insert = functools.partial(
+            _INSERT_GRANTS.format, uuid7=UUID7_SQL, rows=_FIRST_LOAD_GRANT_ROWS if first_load else "resolved_grant",
+            conflict="" if first_load else "ON CONFLICT DO NOTHING")
         if state.full:
-            cursor.execute(_INSERT_GRANTS.format(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
+            cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
                            {"connector": str(connector.pk)})
             created = cursor.rowcount
             if not first_load:
                 cursor.execute("INSERT INTO pg_temp.rv_seen_grant (key) "
                                "SELECT existing_id FROM resolved_grant WHERE existing_id IS NOT NULL")
         else:
-            cursor.execute(_INSERT_GRANTS.format(record="SELECT count(*) FROM ins"), {"connector": str(connector.pk)})
+            cursor.execute(insert(record="SELECT count(*) FROM ins"), {"connector": str(connector.pk)})
             created = cursor.fetchone()[0]
         cursor.execute("""
             SELECT entitlement_value, account_native_id, identity_external_id, entitlement_id IS NULL
