@@ -18,7 +18,6 @@ that manager links and paths depend on changed (else :func:`finish` skips the tr
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -367,14 +366,6 @@ def _merge_entitlements(connector: ConnectorInstance, response: SyncResponse, re
     result.counts["entitlements_unchanged"] += len({r[0] for r in rows}) - len(flags)
 
 
-# A time-ordered UUID (version 7, RFC 9562: 48-bit Unix milliseconds, then random bits) for new
-# grants: a sync inserts 1M of them, and random (v4) keys land all over the primary key index, so
-# each insert dirties a different leaf page once the index outgrows shared_buffers; ordered keys
-# append to the right edge. Ids stay opaque and unique; only their order follows creation.
-UUID7_SQL = ("encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
-             "substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3) "
-             "FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid")
-
 _RESOLVE_GRANTS = """
 CREATE TEMP TABLE IF NOT EXISTS resolved_grant (entitlement_id uuid, account_id uuid, identity_id uuid,
     existing_id uuid, entitlement_value text, account_native_id text, identity_external_id text) ON COMMIT DROP;
@@ -415,30 +406,16 @@ _INSERT_GRANTS = """
 WITH ins AS (
     INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference,
         granted_by, state, created_at)
-    SELECT {uuid7}, r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
+    SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
         'active', now()
-    FROM {rows} r
+    FROM resolved_grant r
     WHERE r.existing_id IS NULL AND r.entitlement_id IS NOT NULL
       AND (r.account_id IS NOT NULL OR r.identity_id IS NOT NULL)
-    {conflict}
+    ON CONFLICT DO NOTHING
     RETURNING id
 )
 {record}
 """
-
-# A first load inserts without ON CONFLICT: a speculative insertion checks every unique index
-# first and then rewrites the heap tuple to confirm it, which costs more than the insert itself.
-# Duplicates are dropped before: within the chunk by DISTINCT ON, against earlier chunks of the
-# run by one probe of the partial unique index each.
-_FIRST_LOAD_GRANT_ROWS = """(
-    SELECT DISTINCT ON (d.entitlement_id, d.account_id, d.identity_id) d.* FROM resolved_grant d
-    WHERE NOT EXISTS (SELECT 1 FROM access_grant g WHERE d.account_id IS NOT NULL AND g.account_id = d.account_id
-                        AND g.entitlement_id = d.entitlement_id AND g.source = 'sync' AND g.state = 'active')
-      AND NOT EXISTS (SELECT 1 FROM access_grant g WHERE d.account_id IS NULL AND g.identity_id = d.identity_id
-                        AND g.entitlement_id = d.entitlement_id AND g.account_id IS NULL
-                        AND g.source = 'sync' AND g.state = 'active')
-)"""
-
 
 def _merge_grants(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
                   result: ChunkResult) -> None:
@@ -465,9 +442,7 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, response: Sync
         cursor.execute("RESET enable_nestloop")
         if not first_load and any(not account for _, account, _ in rows):
             cursor.execute(_EXISTING_IDENTITY_GRANTS)
-        insert = functools.partial(
-            _INSERT_GRANTS.format, uuid7=UUID7_SQL, rows=_FIRST_LOAD_GRANT_ROWS if first_load else "resolved_grant",
-            conflict="" if first_load else "ON CONFLICT DO NOTHING")
+        insert = _INSERT_GRANTS.format
         if state.full:
             cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
                            {"connector": str(connector.pk)})
