@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import connection
+
 from .models import Identity, LifecycleEvent
 
 JOINER = LifecycleEvent.Kind.JOINER
@@ -39,6 +41,27 @@ def subscribe(kind: str, handler: Subscriber) -> None:
     """Run ``handler`` for every event of ``kind`` (idempotent per handler)."""
     if handler not in _subscribers[kind]:
         _subscribers[kind].append(handler)
+
+
+def has_subscribers(kind: str) -> bool:
+    """Whether anything runs for events of ``kind`` (else the event is only a row to record)."""
+    return bool(_subscribers[kind])
+
+
+def record_events(kind: str, identity_ids: list, source: str = "sync") -> int:
+    """Events of a kind nobody subscribes to, by identity id: one INSERT, no identity loaded.
+
+    A first sync makes 100k joiners at once; loading each identity only to write its id into an
+    event row cost more than the rest of the merge. With a subscriber, use :func:`raise_events_bulk`.
+    """
+    if _subscribers[kind]:
+        raise RuntimeError(f"{kind} has subscribers: they need the identities (raise_events_bulk)")
+    if not identity_ids:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {LifecycleEvent._meta.db_table} (kind, identity_id, changes, source, occurred_at) "
+                       "SELECT %s, unnest(%s::uuid[]), '{}'::jsonb, %s, now()", [kind, list(identity_ids), source])
+        return cursor.rowcount
 
 
 def raise_event(kind: str, identity: Identity, changes: dict[str, list[Any]] | None = None,

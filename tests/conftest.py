@@ -21,6 +21,11 @@ from django_tenants.utils import schema_context, tenant_context
 
 from rapidvalue.redis_client import get_blocking_redis, get_redis
 
+try:
+    import pytest_django.fixtures as _pytest_django_fixtures
+except ImportError:  # pragma: no cover - pytest-django is a test requirement
+    _pytest_django_fixtures = None
+
 PASSWORD = "correct-horse-battery-9"
 
 
@@ -151,6 +156,28 @@ class World:
     staff_token: str
 
 
+def _databases_for_test(test):
+    """pytest-django's choice of databases to create, plus the default one for tests using ``world``.
+
+    pytest-django creates a test database only for the aliases that collected tests declare (a
+    ``django_db`` mark, ``db``/``transactional_db``). ``world`` commits tenants with the blocker
+    lifted and the real-worker tests (test_sync_worker, test_webhook_worker, test_celery_tasks)
+    declare nothing else, so run alone they found no test database set up and wrote their
+    tenants into the database of DATABASE_URL. ``world`` needs the default test database.
+    """
+    databases, serialized = _original_databases_for_test(test)
+    if not databases and "world" in getattr(test, "fixturenames", ()):
+        from django.db import DEFAULT_DB_ALIAS
+
+        return (DEFAULT_DB_ALIAS,), serialized
+    return databases, serialized
+
+
+if _pytest_django_fixtures is not None:
+    _original_databases_for_test = _pytest_django_fixtures._get_databases_for_test
+    _pytest_django_fixtures._get_databases_for_test = _databases_for_test
+
+
 @pytest.fixture(scope="session")
 def world(django_db_setup, django_db_blocker) -> World:
     """Two committed tenants (acme, globex) and a control-plane staff member."""
@@ -158,6 +185,8 @@ def world(django_db_setup, django_db_blocker) -> World:
 
     from rapidvalue.users.models import User
 
+    if not connection.settings_dict["NAME"].startswith("test_"):  # never commit tenants to a real database
+        raise RuntimeError(f"world: {connection.settings_dict['NAME']!r} is not a test database")
     with django_db_blocker.unblock():
         acme = _build_world("acme", "Acme Corporation")
         globex = _build_world("globex", "Globex Inc")

@@ -1,9 +1,19 @@
 """The sync engine: set-based merge of one chunk of connector records into the tenant's data.
 
 Each kind is COPYed into a temporary staging table and merged with a handful of SQL
-statements (``INSERT ... ON CONFLICT``, ``UPDATE ... FROM``), never one ORM save per record.
-What a full sync saw is recorded (``SyncSeen``) so that what disappeared is removed only in
-:func:`finish`, after the run completed successfully. Bad records are reported and skipped.
+statements (``INSERT ... SELECT``, ``UPDATE ... FROM ... WHERE (...) IS DISTINCT FROM (...)``),
+never one ORM save per record; unchanged rows are compared in SQL and never written.
+
+What a full sync saw is recorded in *session* temporary tables created by :func:`begin` (no
+WAL, no index, no cleanup: 1.2M keys per run cost a plain append), so that what disappeared is
+removed only in :func:`finish`, after the run completed successfully. They live as long as the
+worker's database session: a run whose worker dies loses them and deletes nothing, and a run
+whose session was replaced midway fails on the missing table instead of deleting what it never
+recorded. Bad records are reported and skipped.
+
+The run's :class:`SyncState` carries what one chunk tells the next: whether this is the first
+load of the application's grants (no lookup of existing grants then) and whether anything
+that manager links and paths depend on changed (else :func:`finish` skips the tree rebuild).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from connectors.models import ConnectorInstance, SyncRun
 from connectors.protocol.v1 import RecordError, SyncResponse
 from identities import lifecycle
 from identities.models import Identity
-from rapidvalue.webhooks.events import emit_many
+from rapidvalue.webhooks.events import emit_many, has_subscriptions
 
 IDENTITY_STATUSES = {c for c, _ in Identity.Status.choices}
 EMPLOYMENT_TYPES = {c for c, _ in Identity.EmploymentType.choices}
@@ -35,6 +45,49 @@ class ChunkResult:
     errors: list[RecordError] = field(default_factory=list)
 
 
+@dataclass
+class SyncState:
+    """What a run keeps from chunk to chunk (one worker, one database session)."""
+
+    full: bool
+    # No active sync grant on this application's entitlements when the run began: new grants
+    # are inserted without first looking for an existing one (ON CONFLICT still guards).
+    grants_first_load: bool = False
+    # New identities inserted without a path (manager not known yet, or a cycle): finish() places them.
+    identities_unplaced: int = 0
+    # Rows this run inserted per table: after a big first load, fresh planner statistics.
+    inserted: Counter = field(default_factory=Counter)
+
+
+ANALYZE_AFTER_ROWS = 10_000
+
+# Session temporary tables of what a full sync saw: (name, key type).
+SEEN_TABLES = {"rv_seen_identity": "text", "rv_seen_account": "text", "rv_seen_grant": "uuid"}
+
+
+def begin(run: SyncRun, connector: ConnectorInstance) -> SyncState:
+    """Before the first chunk: the seen tables of a full sync, and whether grants are a first load."""
+    state = SyncState(full=not run.incremental)
+    with connection.cursor() as cursor:
+        discard()
+        if state.full:
+            for table, key_type in SEEN_TABLES.items():
+                # ON COMMIT PRESERVE ROWS: the chunks commit one by one, the keys must outlive them.
+                cursor.execute(f"CREATE TEMP TABLE {table} (key {key_type})")
+        cursor.execute("""
+            SELECT EXISTS (SELECT 1 FROM access_grant g JOIN access_entitlement e ON e.id = g.entitlement_id
+                           WHERE e.application_id = %s AND g.source = 'sync' AND g.state = 'active')
+        """, [connector.application_id])
+        state.grants_first_load = not cursor.fetchone()[0]
+    return state
+
+
+def discard() -> None:
+    """Drop the seen tables of this session (a previous run that failed in this worker left them)."""
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS " + ", ".join(f"pg_temp.{t}" for t in SEEN_TABLES))
+
+
 def _copy(table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({', '.join(c + ' text' for c in columns)})"
@@ -45,12 +98,12 @@ def _copy(table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
                 copy.write_row(row)
 
 
-def _seen(run: SyncRun, kind: str, table: str, key_sql: str) -> None:
-    if run.incremental:
+def _seen(state: SyncState, seen_table: str, table: str, key_sql: str) -> None:
+    """Record the chunk's keys (full sync only); no IF NOT EXISTS: a missing table fails the run."""
+    if not state.full:
         return
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO connectors_syncseen (run_id, kind, key) SELECT %s, %s, {key_sql} "  # noqa: S608
-                       f"FROM {table} s", [run.pk, kind])
+        cursor.execute(f"INSERT INTO pg_temp.{seen_table} (key) SELECT {key_sql} FROM {table} s")  # noqa: S608
 
 
 def _valid_date(value: str | None) -> str | None:
@@ -84,20 +137,43 @@ WHERE i.id = o.id AND (i.email, i.first_name, i.last_name, i.display_name, i.dep
 RETURNING i.id, o.department, o.title, o.location, o.status, o.manager_external_id
 """
 
+# New identities are inserted with their manager link and path already set when the manager is
+# known (an existing identity, or a new one of the same chunk, placed recursively): written once,
+# where linking and re-pathing them in finish() rewrote each row twice more (17 indexes each).
+# Who cannot be placed yet (manager not there yet, a cycle) gets path '' and finish() places them.
 _INSERT_IDENTITIES = """
+WITH RECURSIVE new AS MATERIALIZED (
+    SELECT gen_random_uuid() AS id, s.*
+    FROM (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id) s
+    WHERE NOT EXISTS (SELECT 1 FROM identities_identity i WHERE i.external_id = s.external_id)
+),
+placed AS (
+    SELECT n.id, n.external_id, m.id AS manager_id,
+           CASE WHEN m.id IS NULL THEN '' ELSE m.path END || replace(n.id::text, '-', '') || '/' AS path,
+           CASE WHEN m.id IS NULL THEN 0 ELSE m.depth + 1 END AS depth
+    FROM new n
+    LEFT JOIN identities_identity m ON n.manager_external_id <> '' AND m.external_id = n.manager_external_id
+    WHERE (n.manager_external_id = '' OR m.id IS NOT NULL OR n.manager_external_id = n.external_id)
+      AND (m.id IS NULL OR m.path <> '')
+      AND NOT EXISTS (SELECT 1 FROM new p WHERE n.manager_external_id <> '' AND p.external_id = n.manager_external_id
+                      AND p.id <> n.id)
+    UNION ALL
+    SELECT n.id, n.external_id, t.id, t.path || replace(n.id::text, '-', '') || '/', t.depth + 1
+    FROM new n JOIN placed t ON n.manager_external_id = t.external_id AND n.id <> t.id
+    WHERE t.depth < 500
+)
 INSERT INTO identities_identity (id, external_id, email, first_name, last_name, display_name, department, title,
-    location, employment_type, status, start_date, end_date, manager_external_id, path, depth, attributes,
-    source, created_at, updated_at)
-SELECT gen_random_uuid(), s.external_id, s.email, s.first_name, s.last_name, s.display_name, s.department, s.title,
-    s.location, s.employment_type, s.status, s.start_date::date, s.end_date::date, s.manager_external_id, '', 0,
-    s.attributes::jsonb, %(source)s, now(), now()
-FROM (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id) s
-WHERE NOT EXISTS (SELECT 1 FROM identities_identity i WHERE i.external_id = s.external_id)
-RETURNING id
+    location, employment_type, status, start_date, end_date, manager_external_id, manager_id, path, depth,
+    attributes, source, created_at, updated_at)
+SELECT n.id, n.external_id, n.email, n.first_name, n.last_name, n.display_name, n.department, n.title,
+    n.location, n.employment_type, n.status, n.start_date::date, n.end_date::date, n.manager_external_id,
+    p.manager_id, COALESCE(p.path, ''), COALESCE(p.depth, 0), n.attributes::jsonb, %(source)s, now(), now()
+FROM new n LEFT JOIN placed p ON p.id = n.id
+RETURNING id, path = ''
 """
 
 
-def _merge_identities(run: SyncRun, response: SyncResponse, result: ChunkResult) -> None:
+def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, result: ChunkResult) -> None:
     rows = []
     for remote in response.identities:
         try:
@@ -121,9 +197,16 @@ def _merge_identities(run: SyncRun, response: SyncResponse, result: ChunkResult)
         source = {"source": f"connector:{run.connector_id}"}
         cursor.execute(_UPDATE_IDENTITIES, source)
         updated = cursor.fetchall()
+        # Joins against the CTEs (no index, no statistics) must hash: as nested loops they scan the
+        # chunk once per new identity (seconds for 10k).
+        cursor.execute("SET LOCAL enable_nestloop = off")
         cursor.execute(_INSERT_IDENTITIES, source)
-        inserted = [row[0] for row in cursor.fetchall()]
-    _seen(run, "i", "stage_identity", "s.external_id")
+        returned = cursor.fetchall()
+        cursor.execute("RESET enable_nestloop")
+    inserted = [row[0] for row in returned]
+    _seen(state, "rv_seen_identity", "stage_identity", "s.external_id")
+    state.identities_unplaced += sum(1 for row in returned if row[1])
+    state.inserted["identities_identity"] += len(inserted)
     result.counts["identities_created"] += len(inserted)
     result.counts["identities_updated"] += len(updated)
     result.counts["identities_unchanged"] += len({r[0] for r in rows}) - len(inserted) - len(updated)
@@ -131,16 +214,29 @@ def _merge_identities(run: SyncRun, response: SyncResponse, result: ChunkResult)
 
 
 def _identity_events(inserted: list, updated: list) -> None:
-    """Joiner, mover and leaver events (and their webhooks) for what this chunk changed."""
+    """Joiner, mover and leaver events (and their webhooks) for what this chunk changed.
+
+    A first load makes every identity a joiner: when no joiner subscriber and no webhook
+    subscription wants the identity itself, the events are written in SQL from the ids, without
+    loading 100k identities into Python. Webhook events are written only for event types with an
+    enabled subscription: an outbox row nobody subscribed to is never delivered.
+    """
     from identities.services import webhook_data
 
-    changed_ids = inserted + [row[0] for row in updated]
-    if not changed_ids:
+    if not inserted and not updated:
         return
-    people = Identity.objects.in_bulk(changed_ids)
-    joiners = [people[pk] for pk in inserted]
-    lifecycle.raise_events_bulk(lifecycle.JOINER, joiners)
-    emit_many("identity.created", [{"identity": webhook_data(p)} for p in joiners])
+    hooks = {t: has_subscriptions(t) for t in ("identity.created", "identity.updated", "identity.deactivated")}
+    load = [row[0] for row in updated]
+    if inserted and (lifecycle.has_subscribers(lifecycle.JOINER) or hooks["identity.created"]):
+        load += inserted
+    people = Identity.objects.in_bulk(load) if load else {}
+    if inserted and inserted[0] in people:
+        joiners = [people[pk] for pk in inserted]
+        lifecycle.raise_events_bulk(lifecycle.JOINER, joiners)
+        if hooks["identity.created"]:
+            emit_many("identity.created", [{"identity": webhook_data(p)} for p in joiners])
+    elif inserted:
+        lifecycle.record_events(lifecycle.JOINER, inserted)
     movers, mover_changes, leavers, updated_payloads, leaver_payloads = [], [], [], [], []
     for pk, *old in updated:
         person = people[pk]
@@ -158,24 +254,27 @@ def _identity_events(inserted: list, updated: list) -> None:
             updated_payloads.append({"identity": webhook_data(person), "changes": changes})
     lifecycle.raise_events_bulk(lifecycle.MOVER, movers, mover_changes)
     lifecycle.raise_events_bulk(lifecycle.LEAVER, leavers, [{} for _ in leavers])
-    emit_many("identity.updated", updated_payloads)
-    emit_many("identity.deactivated", leaver_payloads)
+    if hooks["identity.updated"]:
+        emit_many("identity.updated", updated_payloads)
+    if hooks["identity.deactivated"]:
+        emit_many("identity.deactivated", leaver_payloads)
 
 
 # --- accounts, entitlements, grants ----------------------------------------------------------
 
 
-def _correlation_sql(connector: ConnectorInstance) -> tuple[str, list]:
+def _correlation_sql(connector: ConnectorInstance) -> tuple[str, dict]:
     """COALESCE of the identity found by the record itself, then by each correlation rule."""
     parts = ["(SELECT i.id FROM identities_identity i WHERE i.external_id = s.identity_external_id)"]
-    params: list = []
+    params: dict = {}
     for rule in connector.correlation_rules or []:
         account_attr, identity_attr = rule.get("account", ""), rule.get("identity", "")
         if account_attr in CORRELATION_ACCOUNT:
             left = CORRELATION_ACCOUNT[account_attr]
         elif account_attr.startswith("attributes."):
-            left = "(s.attributes::jsonb ->> %s)"
-            params.append(account_attr.removeprefix("attributes."))
+            name = f"corr_{len(params)}"
+            left = f"(s.attributes::jsonb ->> %({name})s)"
+            params[name] = account_attr.removeprefix("attributes.")
         else:
             continue
         if identity_attr in CORRELATION_IDENTITY:
@@ -187,7 +286,13 @@ def _correlation_sql(connector: ConnectorInstance) -> tuple[str, list]:
     return "COALESCE(" + ", ".join(parts) + ")", params
 
 
-def _merge_accounts(run: SyncRun, connector: ConnectorInstance, response: SyncResponse, result: ChunkResult) -> None:
+def _merge_accounts(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
+                    result: ChunkResult) -> None:
+    """Update what changed, insert what is new, in one statement (one snapshot, one correlation pass).
+
+    ``UPDATE ... WHERE (...) IS DISTINCT FROM (...)`` writes only changed rows, where ``INSERT ...
+    ON CONFLICT DO UPDATE`` would lock (and so write) every existing row of a resync.
+    """
     rows = [(a.native_id, a.username or "", a.status, a.identity_external_id,
              a.last_login_at.isoformat() if a.last_login_at else None, json.dumps(a.attributes))
             for a in response.accounts]
@@ -197,28 +302,43 @@ def _merge_accounts(run: SyncRun, connector: ConnectorInstance, response: SyncRe
                             "attributes"), rows)
     correlation, params = _correlation_sql(connector)
     sql = f"""  -- the correlation expression is built from whitelisted columns only
-    INSERT INTO access_account (id, application_id, identity_id, native_id, username, status, last_login_at,
-        attributes, created_at, updated_at)
-    SELECT gen_random_uuid(), %s, {correlation}, s.native_id, s.username, s.status, s.last_login_at::timestamptz,
-        s.attributes::jsonb, now(), now()
-    FROM (SELECT DISTINCT ON (native_id) * FROM stage_account ORDER BY native_id) s
-    ON CONFLICT (application_id, native_id) DO UPDATE SET
-        username = EXCLUDED.username, status = EXCLUDED.status, last_login_at = EXCLUDED.last_login_at,
-        attributes = EXCLUDED.attributes, identity_id = COALESCE(EXCLUDED.identity_id, access_account.identity_id),
-        updated_at = now()
-    WHERE (access_account.username, access_account.status, access_account.last_login_at, access_account.attributes,
-           access_account.identity_id)
-        IS DISTINCT FROM (EXCLUDED.username, EXCLUDED.status, EXCLUDED.last_login_at, EXCLUDED.attributes,
-           COALESCE(EXCLUDED.identity_id, access_account.identity_id))
-    RETURNING (xmax = 0)
+    WITH src AS MATERIALIZED (
+        SELECT s.native_id, s.username, s.status, s.last_login_at::timestamptz AS last_login_at,
+               s.attributes::jsonb AS attributes, {correlation} AS identity_id
+        FROM (SELECT DISTINCT ON (native_id) * FROM stage_account ORDER BY native_id) s
+    ),
+    upd AS (
+        UPDATE access_account a SET username = src.username, status = src.status,
+            last_login_at = src.last_login_at, attributes = src.attributes,
+            identity_id = COALESCE(src.identity_id, a.identity_id), updated_at = now()
+        FROM src
+        WHERE a.application_id = %(app)s AND a.native_id = src.native_id
+          AND (a.username, a.status, a.last_login_at, a.attributes, a.identity_id)
+              IS DISTINCT FROM (src.username, src.status, src.last_login_at, src.attributes,
+                                COALESCE(src.identity_id, a.identity_id))
+        RETURNING 1
+    ),
+    ins AS (
+        INSERT INTO access_account (id, application_id, identity_id, native_id, username, status, last_login_at,
+            attributes, created_at, updated_at)
+        SELECT gen_random_uuid(), %(app)s, src.identity_id, src.native_id, src.username, src.status,
+            src.last_login_at, src.attributes, now(), now()
+        FROM src
+        WHERE NOT EXISTS (SELECT 1 FROM access_account a
+                          WHERE a.application_id = %(app)s AND a.native_id = src.native_id)
+        ON CONFLICT (application_id, native_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM src)
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, [connector.application_id, *params])
-        flags = [row[0] for row in cursor.fetchall()]
-    _seen(run, "a", "stage_account", "s.native_id")
-    result.counts["accounts_created"] += sum(flags)
-    result.counts["accounts_updated"] += len(flags) - sum(flags)
-    result.counts["accounts_unchanged"] += len({r[0] for r in rows}) - len(flags)
+        cursor.execute(sql, {"app": connector.application_id, **params})
+        created, updated, distinct = cursor.fetchone()
+    _seen(state, "rv_seen_account", "stage_account", "s.native_id")
+    state.inserted["access_account"] += created
+    result.counts["accounts_created"] += created
+    result.counts["accounts_updated"] += updated
+    result.counts["accounts_unchanged"] += distinct - created - updated
 
 
 def _merge_entitlements(connector: ConnectorInstance, response: SyncResponse, result: ChunkResult) -> None:
@@ -246,56 +366,105 @@ def _merge_entitlements(connector: ConnectorInstance, response: SyncResponse, re
     result.counts["entitlements_unchanged"] += len({r[0] for r in rows}) - len(flags)
 
 
-def _merge_grants(run: SyncRun, connector: ConnectorInstance, response: SyncResponse, result: ChunkResult) -> None:
+_RESOLVE_GRANTS = """
+CREATE TEMP TABLE IF NOT EXISTS resolved_grant (entitlement_id uuid, account_id uuid, identity_id uuid,
+    existing_id uuid, entitlement_value text, account_native_id text, identity_external_id text) ON COMMIT DROP;
+TRUNCATE resolved_grant;
+WITH src AS MATERIALIZED (
+    SELECT e.id AS entitlement_id, a.id AS account_id, CASE WHEN a.id IS NULL THEN i.id END AS identity_id,
+           s.entitlement_value, s.account_native_id, s.identity_external_id
+    FROM stage_grant s
+    LEFT JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
+    LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
+    LEFT JOIN identities_identity i ON i.external_id = s.identity_external_id
+){held}
+INSERT INTO resolved_grant
+SELECT src.entitlement_id, src.account_id, src.identity_id, {existing}, src.entitlement_value,
+       src.account_native_id, src.identity_external_id
+FROM src {join_held}
+"""
+
+# The active sync grants of the chunk's accounts, read by account (one index range each, ~10
+# grants) and hash-joined to the staged ones: a tenth of the index descents of one probe per grant.
+_HELD_BY_ACCOUNT = """,
+held AS MATERIALIZED (
+    SELECT g.id, g.account_id, g.entitlement_id FROM access_grant g
+    WHERE g.account_id = ANY(ARRAY(SELECT DISTINCT account_id FROM src WHERE account_id IS NOT NULL))
+      AND g.source = 'sync' AND g.state = 'active'
+)"""
+
+# Grants held by an identity directly (no account) are rare: probed one by one, and only when
+# the chunk has any.
+_EXISTING_IDENTITY_GRANTS = """
+UPDATE resolved_grant r SET existing_id = g.id FROM access_grant g
+WHERE r.account_id IS NULL AND r.identity_id IS NOT NULL AND r.entitlement_id IS NOT NULL
+  AND g.identity_id = r.identity_id AND g.entitlement_id = r.entitlement_id AND g.account_id IS NULL
+  AND g.source = 'sync' AND g.state = 'active'
+"""
+
+_INSERT_GRANTS = """
+WITH ins AS (
+    INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference,
+        granted_by, state, created_at)
+    SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
+        'active', now()
+    FROM resolved_grant r
+    WHERE r.existing_id IS NULL AND r.entitlement_id IS NOT NULL
+      AND (r.account_id IS NOT NULL OR r.identity_id IS NOT NULL)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+{record}
+"""
+
+def _merge_grants(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
+                  result: ChunkResult) -> None:
+    """Resolve the staged grants to ids, insert the new ones, record the ids of all (full sync).
+
+    Existing grants are looked up once, while resolving, by account; a first load skips that.
+    The ids a full sync saw come from that lookup and from ``INSERT ... RETURNING``: never a
+    second pass over the grant table.
+    """
     rows = [(g.entitlement_value, g.account_native_id, g.identity_external_id) for g in response.grants]
     if not rows:
         return
     _copy("stage_grant", ("entitlement_value", "account_native_id", "identity_external_id"), rows)
+    first_load = state.grants_first_load
     with connection.cursor() as cursor:
-        cursor.execute("""
-            CREATE TEMP TABLE IF NOT EXISTS resolved_grant (entitlement_id uuid, account_id uuid, identity_id uuid,
-                entitlement_value text, account_native_id text, identity_external_id text) ON COMMIT DROP;
-            TRUNCATE resolved_grant;
-            INSERT INTO resolved_grant
-            SELECT e.id, a.id, CASE WHEN a.id IS NULL THEN i.id END, s.entitlement_value, s.account_native_id,
-                   s.identity_external_id
-            FROM stage_grant s
-            LEFT JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
-            LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
-            LEFT JOIN identities_identity i ON i.external_id = s.identity_external_id
-        """, {"app": connector.application_id})
-        cursor.execute("""
-            INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference,
-                granted_by, state, created_at)
-            SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %s, 'sync', 'active', now()
-            FROM resolved_grant r
-            WHERE r.entitlement_id IS NOT NULL AND (r.account_id IS NOT NULL OR r.identity_id IS NOT NULL)
-            ON CONFLICT DO NOTHING
-        """, [str(connector.pk)])
-        created = cursor.rowcount
+        # Every join here must hash: the staging tables have no statistics, and a nested loop over
+        # them scans the chunk once per row.
+        cursor.execute("SET LOCAL enable_nestloop = off")
+        cursor.execute(_RESOLVE_GRANTS.format(
+            held="" if first_load else _HELD_BY_ACCOUNT, existing="NULL::uuid" if first_load else "h.id",
+            join_held="" if first_load else "LEFT JOIN held h ON h.account_id = src.account_id "
+                                            "AND h.entitlement_id = src.entitlement_id",
+        ), {"app": connector.application_id})
+        cursor.execute("RESET enable_nestloop")
+        if not first_load and any(not account for _, account, _ in rows):
+            cursor.execute(_EXISTING_IDENTITY_GRANTS)
+        insert = _INSERT_GRANTS.format
+        if state.full:
+            cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
+                           {"connector": str(connector.pk)})
+            created = cursor.rowcount
+            if not first_load:
+                cursor.execute("INSERT INTO pg_temp.rv_seen_grant (key) "
+                               "SELECT existing_id FROM resolved_grant WHERE existing_id IS NOT NULL")
+        else:
+            cursor.execute(insert(record="SELECT count(*) FROM ins"), {"connector": str(connector.pk)})
+            created = cursor.fetchone()[0]
         cursor.execute("""
             SELECT entitlement_value, account_native_id, identity_external_id, entitlement_id IS NULL
             FROM resolved_grant WHERE entitlement_id IS NULL OR (account_id IS NULL AND identity_id IS NULL)
             LIMIT 1000
         """)
         unresolved = cursor.fetchall()
-        cursor.execute("SELECT count(*) FROM resolved_grant WHERE entitlement_id IS NULL "
-                       "OR (account_id IS NULL AND identity_id IS NULL)")
-        unresolved_count = cursor.fetchone()[0]
-    if not run.incremental:
-        # Seen grants are recorded by id: the deletion pass is then a plain anti-join.
-        with connection.cursor() as cursor:
-            cursor.execute("""
-                INSERT INTO connectors_syncseen (run_id, kind, key)
-                SELECT %(run)s, 'g', g.id::text FROM resolved_grant r
-                JOIN access_grant g ON g.entitlement_id = r.entitlement_id AND g.account_id = r.account_id
-                WHERE r.account_id IS NOT NULL AND g.source = 'sync' AND g.state = 'active'
-                UNION ALL
-                SELECT %(run)s, 'g', g.id::text FROM resolved_grant r
-                JOIN access_grant g ON g.entitlement_id = r.entitlement_id AND g.identity_id = r.identity_id
-                WHERE r.account_id IS NULL AND r.identity_id IS NOT NULL AND g.account_id IS NULL
-                  AND g.source = 'sync' AND g.state = 'active'
-            """, {"run": run.pk})
+        unresolved_count = len(unresolved)
+        if unresolved_count == 1000:
+            cursor.execute("SELECT count(*) FROM resolved_grant WHERE entitlement_id IS NULL "
+                           "OR (account_id IS NULL AND identity_id IS NULL)")
+            unresolved_count = cursor.fetchone()[0]
+    state.inserted["access_grant"] += created
     result.counts["grants_created"] += created
     result.counts["grants_unchanged"] += len(rows) - created - unresolved_count
     for value, account, identity, no_entitlement in unresolved:
@@ -303,15 +472,19 @@ def _merge_grants(run: SyncRun, connector: ConnectorInstance, response: SyncResp
         result.errors.append(RecordError(kind="grant", key=f"{account or identity} -> {value}", error=what))
 
 
-def merge_chunk(run: SyncRun, connector: ConnectorInstance, response: SyncResponse) -> ChunkResult:
-    """Merge one chunk, in the caller's transaction. Order matters: grants refer to the rest."""
+def merge_chunk(run: SyncRun, connector: ConnectorInstance, response: SyncResponse,
+                state: SyncState) -> ChunkResult:
+    """Merge one chunk, in the caller's transaction. Order matters: grants refer to the rest.
+
+    Manager links and paths are not touched here but once, in :func:`finish`: per chunk they
+    cost a pass over every identity each time.
+    """
     result = ChunkResult(errors=list(response.record_errors))
     if connector.authoritative:
-        _merge_identities(run, response, result)
+        _merge_identities(run, state, response, result)
     _merge_entitlements(connector, response, result)
-    _merge_accounts(run, connector, response, result)
-    _merge_grants(run, connector, response, result)
-    link_managers()
+    _merge_accounts(state, connector, response, result)
+    _merge_grants(state, connector, response, result)
     result.counts["errors"] += len(result.errors)
     return result
 
@@ -325,6 +498,9 @@ WHERE c.manager_external_id <> '' AND m.external_id = c.manager_external_id AND 
   AND c.manager_id IS DISTINCT FROM m.id
 """
 
+# Paths from the roots down, and (same tree, computed once) who is unreachable from a root: the
+# members of a manager cycle. NOT EXISTS against the CTE is a hashed anti-join; ``NOT IN`` was
+# planned as a scan of the tree per identity (quadratic: minutes at 100k).
 _REPATH = """
 WITH RECURSIVE tree AS (
     SELECT id, replace(id::text, '-', '') || '/' AS path, 0 AS depth
@@ -333,76 +509,90 @@ WITH RECURSIVE tree AS (
     SELECT c.id, t.path || replace(c.id::text, '-', '') || '/', t.depth + 1
     FROM identities_identity c JOIN tree t ON c.manager_id = t.id
     WHERE t.depth < 500
+),
+repathed AS (
+    UPDATE identities_identity i SET path = tree.path, depth = tree.depth
+    FROM tree WHERE i.id = tree.id AND (i.path IS DISTINCT FROM tree.path OR i.depth <> tree.depth)
+    RETURNING 1
 )
-UPDATE identities_identity i SET path = tree.path, depth = tree.depth
-FROM tree WHERE i.id = tree.id AND (i.path IS DISTINCT FROM tree.path OR i.depth <> tree.depth)
+SELECT i.id FROM identities_identity i WHERE NOT EXISTS (SELECT 1 FROM tree t WHERE t.id = i.id)
 """
 
 
-def link_managers() -> None:
-    """Point every identity at the manager its source named, once that manager exists."""
+def link_managers() -> int:
+    """Point every identity at the manager its source named, once that manager exists; how many moved."""
     with connection.cursor() as cursor:
         cursor.execute(_RELINK)
+        return cursor.rowcount
 
 
 def rebuild_paths() -> list[str]:
     """Recompute the manager paths in one statement; break (and report) manager cycles."""
     with connection.cursor() as cursor:
         cursor.execute(_REPATH)
-        # Identities unreachable from a root sit in a cycle: detach them and report.
-        cursor.execute("""
-            WITH RECURSIVE tree AS (
-                SELECT id FROM identities_identity WHERE manager_id IS NULL
-                UNION ALL SELECT c.id FROM identities_identity c JOIN tree t ON c.manager_id = t.id
-            )
-            UPDATE identities_identity i SET manager_id = NULL, path = replace(i.id::text, '-', '') || '/', depth = 0
-            WHERE i.id NOT IN (SELECT id FROM tree)  -- a hashed anti-join, not a scan per row
-            RETURNING external_id
-        """)
+        unreachable = [row[0] for row in cursor.fetchall()]
+        if not unreachable:
+            return []
+        # Identities unreachable from a root sit in a cycle: detach them, report, and place them.
+        cursor.execute("UPDATE identities_identity SET manager_id = NULL, path = replace(id::text, '-', '') || '/', "
+                       "depth = 0 WHERE id = ANY(%s) RETURNING external_id", [unreachable])
         cycles = [row[0] for row in cursor.fetchall()]
-        if cycles:
-            cursor.execute(_REPATH)
+        cursor.execute(_REPATH)
     return cycles
 
 
-def finish(run: SyncRun, connector: ConnectorInstance) -> Counter:
-    """After the last chunk: paths, and for a full sync, what disappeared. Caller's transaction."""
+def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Counter:
+    """After the last chunk: links and paths, and for a full sync, what disappeared. Caller's transaction.
+
+    The tree is rebuilt only when a link moved or a new identity could not be placed at insert:
+    paths depend on nothing else, so a resync where no manager changed, and a first load whose
+    managers came before their reports, skip a rewrite of every identity.
+    """
     counts: Counter = Counter()
-    cycles = rebuild_paths()
-    counts["manager_cycles"] = len(cycles)
-    if not run.incremental:
+    with connection.cursor() as cursor:
+        for table, rows in state.inserted.items():
+            if rows >= ANALYZE_AFTER_ROWS:
+                # Until autovacuum gets there, a table filled by this run looks empty to the planner.
+                cursor.execute(f"ANALYZE {table}")
+    relinked = link_managers()
+    if relinked or state.identities_unplaced:
+        counts["manager_cycles"] = len(rebuild_paths())
+    if state.full:
         with connection.cursor() as cursor:
-            # Fresh statistics, or the planner takes the just-filled table for empty and picks a
-            # nested loop over every seen key for every row (quadratic); with them, a hash anti-join.
-            cursor.execute("ANALYZE connectors_syncseen")
+            # The seen tables have no index: the anti-joins below must be hash anti-joins. Fresh
+            # statistics are not enough (a just-filled access_grant still looks empty to the
+            # planner, which then picks a nested loop: a scan of 1M seen keys per grant), so
+            # nested loops are off for these statements only.
+            for table in SEEN_TABLES:
+                cursor.execute(f"ANALYZE pg_temp.{table}")
+            cursor.execute("SET LOCAL enable_nestloop = off")
             cursor.execute("""
                 UPDATE access_account a SET status = 'deleted', updated_at = now()
                 WHERE a.application_id = %s AND a.status <> 'deleted' AND NOT EXISTS (
-                    SELECT 1 FROM connectors_syncseen s WHERE s.run_id = %s AND s.kind = 'a' AND s.key = a.native_id)
-            """, [connector.application_id, run.pk])
+                    SELECT 1 FROM pg_temp.rv_seen_account s WHERE s.key = a.native_id)
+            """, [connector.application_id])
             counts["accounts_deleted"] = cursor.rowcount
             cursor.execute("""
                 UPDATE access_grant g SET state = 'ended', ended_at = now()
                 WHERE g.source = 'sync' AND g.source_reference = %s AND g.state = 'active'
-                  AND NOT EXISTS (SELECT 1 FROM connectors_syncseen s
-                                  WHERE s.run_id = %s AND s.kind = 'g' AND s.key = g.id::text)
-            """, [str(connector.pk), run.pk])
+                  AND NOT EXISTS (SELECT 1 FROM pg_temp.rv_seen_grant s WHERE s.key = g.id)
+            """, [str(connector.pk)])
             counts["grants_deleted"] = cursor.rowcount
             if connector.authoritative:
                 cursor.execute("""
                     SELECT i.id FROM identities_identity i
                     WHERE i.status <> 'terminated' AND i.source = %s AND NOT EXISTS (
-                        SELECT 1 FROM connectors_syncseen s WHERE s.run_id = %s AND s.kind = 'i'
-                          AND s.key = i.external_id)
-                """, [f"connector:{connector.pk}", run.pk])
+                        SELECT 1 FROM pg_temp.rv_seen_identity s WHERE s.key = i.external_id)
+                """, [f"connector:{connector.pk}"])
                 gone = [row[0] for row in cursor.fetchall()]
+                cursor.execute("RESET enable_nestloop")  # the leavers' subscribers want their index probes
                 if gone:
                     cursor.execute("UPDATE identities_identity SET status = 'terminated', updated_at = now() "
                                    "WHERE id = ANY(%s) RETURNING id, department, title, location, 'active', "
                                    "manager_external_id", [gone])
                     _identity_events([], cursor.fetchall())
                 counts["identities_deleted"] = len(gone)
-    from connectors.models import SyncSeen
-
-    SyncSeen.objects.filter(run=run)._raw_delete(connection.alias)
+            else:
+                cursor.execute("RESET enable_nestloop")
+        discard()
     return counts

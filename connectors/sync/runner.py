@@ -3,11 +3,17 @@
 Each chunk commits on its own (bounded transactions, visible progress). Nothing is deleted
 until the last chunk arrived and :func:`engine.finish` ran, so a run that dies midway leaves
 only additions and updates behind, and the next run completes the picture.
+
+A hosted connector fetches chunk N+1 in a background thread while chunk N is merged: the
+merge mostly waits on PostgreSQL (the GIL is released), so on two cores reading the source and
+writing the database overlap instead of adding up. Memory holds at most two chunks. An agent-mode
+connector's pages are agent jobs, fetched in the run's own thread (see ``fetch``).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.db import transaction
 from django.utils import timezone
@@ -44,24 +50,44 @@ def execute(run_id) -> str:
     from connectors.services import auth_config_of, dispatcher_for
 
     totals = dict(run.counts)
+    prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-fetch")
+    pending: Future | None = None
+
+    def fetch(cursor: str | None) -> Future:
+        request = SyncRequest(
+            connector_business_id=str(connector.pk), incremental=run.incremental,
+            last_sync_at=connector.last_success_at if run.incremental else None,
+            auth_config=auth_config_of(connector), config=connector.config, cursor=cursor,
+            chunk_size=run.chunk_size, max_records=run.max_records,
+        )
+        if dispatcher.mode == "agent":
+            # The agent proxy works in the database (job rows, the run's status), so it runs in this
+            # thread, whose connection is in the tenant's schema; its pages arrive one job at a time anyway.
+            done: Future = Future()
+            try:
+                done.set_result(dispatcher.sync(request))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
+        return prefetch.submit(dispatcher.sync, request)
+
     try:
         dispatcher = dispatcher_for(connector, run)
-        cursor = None
+        state = engine.begin(run, connector)
+        pending = fetch(None)
         while True:
             if SyncRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
                 _finish(run, SyncRun.Status.CANCELLED)
                 return run.status
-            response = dispatcher.sync(SyncRequest(
-                connector_business_id=str(connector.pk), incremental=run.incremental,
-                last_sync_at=connector.last_success_at if run.incremental else None,
-                auth_config=auth_config_of(connector), config=connector.config, cursor=cursor,
-                chunk_size=run.chunk_size, max_records=run.max_records,
-            ))
+            response = pending.result()
+            pending = None
             if not response.success:
                 _finish(run, SyncRun.Status.FAILED, response.error or "connector reported failure")
                 return run.status
+            if response.has_more:
+                pending = fetch(response.next_cursor)  # read the next chunk while this one merges
             with transaction.atomic():
-                result = engine.merge_chunk(run, connector, response)
+                result = engine.merge_chunk(run, connector, response, state)
                 SyncRecordError.objects.bulk_create(
                     SyncRecordError(run=run, kind=e.kind, key=(e.key or "")[:500], location=(e.location or "")[:500],
                                     error=e.error) for e in result.errors
@@ -77,11 +103,11 @@ def execute(run_id) -> str:
                                                          total_estimate=run.total_estimate, progress=run.progress)
                 run.counts = totals
             callbacks.send_progress(run)
-            if not response.has_more:
+            del response, result  # the next chunk is already in memory: keep at most two
+            if pending is None:
                 break
-            cursor = response.next_cursor
         with transaction.atomic():
-            for key, value in engine.finish(run, connector).items():
+            for key, value in engine.finish(run, connector, state).items():
                 totals[key] = totals.get(key, 0) + value
             SyncRun.objects.filter(pk=run.pk).update(counts=totals)
             connector.last_success_at = run.started_at
@@ -94,4 +120,18 @@ def execute(run_id) -> str:
     except Exception as exc:
         logger.exception("sync run %s failed", run.pk)
         _finish(run, SyncRun.Status.FAILED, f"{exc.__class__.__name__}: {exc}")
+    finally:
+        if pending is not None:
+            pending.cancel()
+        prefetch.shutdown(wait=False, cancel_futures=True)
+        if run.status != SyncRun.Status.SUCCEEDED:
+            _discard_quietly()
     return run.status
+
+
+def _discard_quietly() -> None:
+    """A run that did not succeed leaves its seen tables in this session: drop them (best effort)."""
+    try:
+        engine.discard()
+    except Exception:  # the connection may be gone with the run; then so are its temp tables
+        logger.warning("could not drop the sync's temporary tables", exc_info=True)

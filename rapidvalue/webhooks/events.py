@@ -66,6 +66,11 @@ def _kick(schema: str, subscription_ids: list[str]) -> None:
         logger.warning("could not enqueue webhook delivery; the sweeper will pick it up", exc_info=True)
 
 
+def has_subscriptions(event_type: str) -> bool:
+    """Whether an enabled subscription wants ``event_type``: callers skip building payloads otherwise."""
+    return WebhookSubscription.objects.filter(enabled=True, event_types__contains=[event_type]).exists()
+
+
 def emit_many(event_type: str, payloads: list[dict[str, Any]]) -> int:
     """:func:`emit` for a batch (a sync chunk): one subscription query, bulk inserts, one kick."""
     if event_type not in EVENT_TYPES:

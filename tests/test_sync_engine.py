@@ -1,0 +1,150 @@
+"""The sync engine's fast paths: first load, unchanged rows untouched, placement at insert, seen tables."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from unittest import mock
+
+import pytest
+from django_tenants.utils import tenant_context
+
+from access.models import Account, Grant
+from connectors import services
+from connectors.base import Connector, register
+from connectors.models import ConnectorInstance, SyncRun
+from connectors.protocol import v1
+from connectors.sync import engine, runner
+from identities import lifecycle
+from identities.models import Identity, LifecycleEvent
+
+
+@register
+class ScriptedConnector(Connector):
+    """Returns ``ScriptedConnector.chunks`` one by one (a list of SyncResponse keyword dicts)."""
+
+    type = "test-scripted"
+    capabilities: ClassVar[v1.Capabilities] = v1.Capabilities(sync_identities=True, sync_accounts=True,
+                                                              sync_grants=True, paging=True, authoritative=True)
+    chunks: ClassVar[list[dict]] = []
+
+    def test_connection(self, request):
+        return v1.TestConnectionResponse(success=True)
+
+    def sync(self, request):
+        index = int(request.cursor or 0)
+        more = index + 1 < len(self.chunks)
+        return v1.SyncResponse(success=True, has_more=more, next_cursor=str(index + 1) if more else None,
+                               **self.chunks[index])
+
+
+def person(external_id: str, manager: str | None = None, department: str = "Eng") -> v1.RemoteIdentity:
+    return v1.RemoteIdentity(external_id=external_id, email=f"{external_id}@x.example", first_name=external_id,
+                             last_name="X", department=department, manager_external_id=manager)
+
+
+def account(native_id: str, owner: str | None = None) -> v1.RemoteAccount:
+    return v1.RemoteAccount(native_id=native_id, username=native_id, identity_external_id=owner)
+
+
+def grant(value: str, native_id: str) -> v1.RemoteGrant:
+    return v1.RemoteGrant(entitlement_value=value, account_native_id=native_id)
+
+
+ENTITLEMENTS = [v1.RemoteEntitlement(value="g1"), v1.RemoteEntitlement(value="g2")]
+
+
+@pytest.fixture
+def connector(world, db):
+    with tenant_context(world.acme.tenant):
+        yield services.create_connector(name="Scripted", type="test-scripted", authoritative=True)
+
+
+def sync(world, connector: ConnectorInstance, chunks: list[dict]) -> SyncRun:
+    ScriptedConnector.chunks = chunks
+    with tenant_context(world.acme.tenant):
+        run, _ = services.start_sync(ConnectorInstance.objects.get(pk=connector.pk))
+        runner.execute(run.pk)
+        run.refresh_from_db()
+        return run
+
+
+def in_acme(world, fn):
+    with tenant_context(world.acme.tenant):
+        return fn()
+
+
+def test_first_load_creates_a_grant_repeated_across_and_within_chunks_once(world, connector):
+    chunks = [
+        {"entitlements": ENTITLEMENTS, "accounts": [account("a1"), account("a2")],
+         "grants": [grant("g1", "a1"), grant("g1", "a1"), grant("g2", "a2")]},
+        {"accounts": [account("a3")], "grants": [grant("g1", "a1"), grant("g1", "a3")]},
+    ]
+    run = sync(world, connector, chunks)
+    assert run.status == "succeeded", run.error
+    assert run.counts["grants_created"] == 3 and run.counts["grants_unchanged"] == 2
+    held = in_acme(world, lambda: sorted(Grant.objects.filter(state="active").values_list(
+        "account__native_id", "entitlement__value")))
+    assert held == [("a1", "g1"), ("a2", "g2"), ("a3", "g1")]
+    # Not a first load any more: the same source changes nothing, and what went away is ended.
+    again = sync(world, connector, [chunks[0], {"accounts": [account("a3")], "grants": [grant("g1", "a1")]}])
+    assert again.status == "succeeded", again.error
+    assert again.counts.get("grants_created", 0) == 0 and again.counts["grants_deleted"] == 1
+    ended = in_acme(world, lambda: list(Grant.objects.filter(state="ended").values_list("account__native_id",
+                                                                                         flat=True)))
+    assert ended == ["a3"]
+
+
+def test_a_resync_of_the_same_source_writes_no_row(world, connector):
+    chunks = [{"entitlements": ENTITLEMENTS, "identities": [person("boss"), person("ann", "boss")],
+               "accounts": [account("a1", "ann")], "grants": [grant("g1", "a1")]}]
+    assert sync(world, connector, chunks).status == "succeeded"
+    stamps = in_acme(world, lambda: (list(Identity.objects.order_by("pk").values_list("updated_at", flat=True)),
+                                     list(Account.objects.order_by("pk").values_list("updated_at", flat=True))))
+    run = sync(world, connector, chunks)
+    assert run.counts["identities_unchanged"] == 2 and run.counts["accounts_unchanged"] == 1
+    assert run.counts["grants_unchanged"] == 1
+    assert not {k for k, v in run.counts.items() if v and k.endswith(("_created", "_updated", "_deleted"))}
+    assert in_acme(world, lambda: (list(Identity.objects.order_by("pk").values_list("updated_at", flat=True)),
+                                   list(Account.objects.order_by("pk").values_list("updated_at", flat=True)))) == stamps
+    # A changed account is updated, and only it.
+    chunks[0]["accounts"] = [account("a1", "boss")]
+    run = sync(world, connector, chunks)
+    assert run.counts["accounts_updated"] == 1
+    assert in_acme(world, lambda: Account.objects.get(native_id="a1").identity.external_id) == "boss"
+
+
+def test_identities_are_placed_at_insert_or_in_finish(world, connector):
+    chunks = [
+        {"identities": [person("ceo"), person("vp", "ceo"), person("dev", "vp"), person("late", "mgr")]},
+        {"identities": [person("mgr", "ceo"), person("a", "b"), person("b", "a")]},
+    ]
+    run = sync(world, connector, chunks)
+    assert run.status == "succeeded", run.error
+    assert run.counts["manager_cycles"] == 2  # a and b name each other
+    people = in_acme(world, lambda: {i.external_id: i for i in Identity.objects.all()})
+    ceo, vp, dev, mgr, late = (people[k] for k in ("ceo", "vp", "dev", "mgr", "late"))
+    assert dev.manager_id == vp.pk and dev.depth == 2 and dev.path == ceo.path + vp.path[-33:] + dev.path[-33:]
+    # Placed in finish(): the manager arrived in a later chunk.
+    assert late.manager_id == mgr.pk and late.depth == 2 and late.path.startswith(mgr.path)
+    assert [(people[k].manager_id, people[k].depth) for k in "ab"] == [(None, 0), (None, 0)]  # detached
+    joiners = in_acme(world, lambda: LifecycleEvent.objects.filter(kind="joiner", source="sync").count())
+    assert joiners == 7
+
+
+def test_a_run_whose_seen_keys_are_lost_fails_and_deletes_nothing(world, connector):
+    first = [{"entitlements": ENTITLEMENTS, "accounts": [account("a1"), account("gone")]}]
+    assert sync(world, connector, first).status == "succeeded"
+    chunks = [{"accounts": [account("a1")]}, {"accounts": [account("a2")]}]
+    with mock.patch.object(runner.callbacks, "send_progress", side_effect=lambda run, **kw: engine.discard()):
+        run = sync(world, connector, chunks)
+    assert run.status == "failed" and "rv_seen_" in run.error
+    assert in_acme(world, lambda: Account.objects.get(native_id="gone").status) == "active"
+
+
+def test_joiners_without_subscribers_are_recorded_from_ids_and_refused_with_one(world, db):
+    with tenant_context(world.acme.tenant):
+        person_ = Identity.objects.create(external_id="solo", email="solo@x.example")
+        assert lifecycle.record_events(lifecycle.JOINER, [person_.pk]) == 1
+        assert LifecycleEvent.objects.get(identity=person_).kind == "joiner"
+        with pytest.raises(RuntimeError):
+            lifecycle.record_events(lifecycle.LEAVER, [person_.pk])  # access removes a leaver's grants
