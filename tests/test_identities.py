@@ -234,3 +234,18 @@ def test_concurrent_moves_keep_paths_consistent(world, django_db_blocker):
                 Identity.objects.filter(pk__in=ids.values()).update(manager=None)
                 Identity.objects.filter(pk__in=ids.values()).delete()
             connection.set_schema_to_public()
+
+
+@pytest.mark.parametrize("prefix", ["ab/", "ab/cd/", "a%/", "a_/"])
+def test_path_within_is_startswith(world, db, prefix):
+    """``path__within`` (an index range) selects exactly the paths that ``startswith`` selects."""
+    paths = ["ab/", "ab/cd/", "ab/cd/ef/", "ab/cdx/", "ab0/", "ab.", "aa/zz/", "ac/", "a%/", "a%/b/", "ax/", "a_/"]
+
+    def check():
+        created = Identity.objects.bulk_create(
+            [Identity(external_id=f"within-{n}", path=p) for n, p in enumerate(paths)])
+        ids = [i.pk for i in created]
+        within = set(Identity.objects.filter(pk__in=ids, path__within=prefix).values_list("path", flat=True))
+        assert within == {p for p in paths if p.startswith(prefix)}
+
+    in_acme(world, check)
