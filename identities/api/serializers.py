@@ -3,11 +3,14 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from identities.models import Identity, LifecycleEvent
-from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
+from rapidvalue.api.serializers import FastRepresentationMixin, PlatformModelSerializer, PlatformSerializer
 
 
-class IdentitySerializer(PlatformModelSerializer):
-    """Pattern 1 of the API contract: ``manager_external_id`` names the manager, in any order."""
+class IdentitySerializer(FastRepresentationMixin, PlatformModelSerializer):
+    """Pattern 1 of the API contract: ``manager_external_id`` names the manager, in any order.
+
+    Read through :class:`FastRepresentationMixin`: identity lists are the hottest read of the API.
+    """
 
     manager_external_id = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
     manager_id = serializers.UUIDField(required=False, allow_null=True,
