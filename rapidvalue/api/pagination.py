@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
@@ -49,6 +50,18 @@ class EnvelopePagination(BasePagination):
         self.offset = _parse_non_negative(request, "offset", 0)
         self.total = queryset.count() if isinstance(queryset, QuerySet) else len(queryset)
         return list(queryset[self.offset : self.offset + self.limit])
+
+    def paginate_in_sql(self, fetch: Callable[[int, int], tuple[int, list]], request) -> list:
+        """Page a list that is not a queryset: ``fetch(limit, offset)`` returns ``(total, page)``.
+
+        Why: for lists computed by one raw SQL statement (effective access), the statement itself
+        applies LIMIT/OFFSET and counts, instead of building every item to slice them here.
+        Same parameters, clamping and envelope as :meth:`paginate_queryset`.
+        """
+        self.limit = min(_parse_non_negative(request, "limit", DEFAULT_LIMIT), MAX_LIMIT)
+        self.offset = _parse_non_negative(request, "offset", 0)
+        self.total, page = fetch(self.limit, self.offset)
+        return page
 
     def get_paginated_response(self, data):
         return Response(
