@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from django.db import connection
 from django.db.models import Expression, Q, QuerySet
 
 from rapidvalue.api import scoping
@@ -59,18 +60,45 @@ def add_probe(name: str, factory: Callable[[], Expression]) -> None:
     _probes[name] = factory
 
 
+_SENTINEL_ID = uuid.UUID(int=0)
+_facts_sql_cache: dict[tuple[str, ...], tuple[str, tuple, int]] = {}
+
+
+def _facts_query(names: tuple[str, ...], identity_id: uuid.UUID) -> tuple[str, list]:
+    """SQL and parameters of the facts query for these probes, compiled by the ORM once per process.
+
+    Why: compiling the probes' EXISTS subqueries cost ~2 ms per request, the query itself 0.3 ms.
+    The SQL names no schema (the connection's search path selects the tenant); its parameters
+    are constants of the compiled expressions and the identity id, which is substituted here.
+    """
+    cached = _facts_sql_cache.get(names)
+    if cached is None:
+        queryset = (
+            Identity.objects.filter(pk=_SENTINEL_ID)
+            .annotate(**{f"probe_{name}": _probes[name]() for name in names})
+            .values_list("path", *[f"probe_{name}" for name in names])
+            .order_by()[:1]
+        )
+        sql, params = queryset.query.sql_with_params()
+        positions = [n for n, value in enumerate(params) if isinstance(value, uuid.UUID) and value == _SENTINEL_ID]
+        if len(positions) != 1:
+            raise RuntimeError(f"scope facts: the identity id is not one parameter of {params!r}")
+        cached = _facts_sql_cache[names] = (sql, tuple(params), positions[0])
+    sql, params, position = cached
+    values = list(params)
+    values[position] = identity_id
+    return sql, values
+
+
 def scope_facts(principal) -> ScopeFacts:
     """The principal's path and probe answers: one query (none for principals without identity)."""
     identity_id = getattr(principal, "identity_id", None)
     if identity_id is None:
         return ScopeFacts()
-    names = list(_probes)
-    row = (
-        Identity.objects.filter(pk=identity_id)
-        .annotate(**{f"probe_{name}": _probes[name]() for name in names})
-        .values_list("path", *[f"probe_{name}" for name in names])
-        .first()
-    )
+    names = tuple(_probes)
+    with connection.cursor() as cursor:
+        cursor.execute(*_facts_query(names, identity_id))
+        row = cursor.fetchone()
     if row is None:
         return ScopeFacts(identity_id=identity_id)
     return ScopeFacts(identity_id=identity_id, path=row[0] or "", flags=dict(zip(names, row[1:], strict=True)))
