@@ -3,7 +3,10 @@
 * Resource owners see the identities that hold grants on (or accounts in) what they own:
   applications they own, entitlements they own, roles they own.
 * Accounts are visible when their identity is; orphan accounts only to admins and auditors.
-* Grants are visible when their identity is.
+* Grants: a principal sees every grant of themself and of the people under them (manager
+  chain); as a resource owner, only the grants on what they own, of holders they may see (not
+  the other access of the people that ownership makes visible). Someone who is both sees the
+  union.
 * The catalog (applications, entitlements, roles) is visible to every principal of the tenant:
   it says what exists, not who has it.
 """
@@ -15,6 +18,7 @@ import uuid
 from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 
 from identities import scoping as identity_scoping
+from identities.models import Identity
 from rapidvalue.api import scoping
 
 from .models import Account, Application, Entitlement, Grant, Role
@@ -69,7 +73,13 @@ def _accounts(queryset: QuerySet, principal) -> QuerySet:
 
 
 def _grants(queryset: QuerySet, principal) -> QuerySet:
-    return queryset.filter(_held_by(identity_scoping.visible_identity_ids(principal)))
+    """Own and reports' grants; for a resource owner, the grants on what they own (module doc)."""
+    facts = identity_scoping.scope_facts(principal)
+    clauses = _held_by(Identity.objects.filter(identity_scoping.hierarchy_filter(facts)).values("pk"))
+    if facts.identity_id is not None and facts.flag(OWNS_RESOURCES):
+        visible = identity_scoping.visible_identity_ids(principal, facts)
+        clauses |= grants_on_owned_resources(facts.identity_id) & _held_by(visible)
+    return queryset.filter(clauses)
 
 
 def _catalog(queryset: QuerySet, principal) -> QuerySet:
