@@ -240,6 +240,11 @@ def test_effective_access_pages_are_slices_of_the_whole_list(catalog, world):
     url = f"/api/v1/identities/{person['id']}/access"
     whole = client.get(f"{url}?limit=500").body
     assert whole["items"] == everything and whole["total"] == 12
+    from rest_framework import serializers
+
+    from identities.api.serializers import AccessItemSerializer
+
+    assert [serializers.Serializer.to_representation(AccessItemSerializer(), item) for item in everything] == everything
     pages = [client.get(f"{url}?limit=4&offset={offset}").body for offset in range(0, 16, 4)]
     assert [item for page in pages for item in page["items"]] == everything
     assert [len(page["items"]) for page in pages] == [4, 4, 4, 0]

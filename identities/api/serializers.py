@@ -66,3 +66,11 @@ class AccessItemSerializer(PlatformSerializer):
     source = serializers.CharField()
     path = serializers.ChoiceField(choices=["direct", "role", "birthright", "request", "sync", "role_mining"])
     via_roles = serializers.ListField(child=serializers.DictField())
+
+    def to_representation(self, instance):
+        """Items from ``access.effective`` are built in their JSON form (string ids, plain dicts and
+        lists of JSON values): DRF's per-field pass would copy them unchanged at ~2 ms per page."""
+        names = self._declared_fields.keys()
+        if isinstance(instance, dict) and instance.keys() == names:
+            return {name: instance[name] for name in names}
+        return super().to_representation(instance)
