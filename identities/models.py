@@ -61,7 +61,10 @@ class Identity(models.Model):
         verbose_name_plural = "identities"
         ordering = ["last_name", "first_name", "id"]
         indexes = [
-            models.Index(fields=["last_name", "first_name", "id"], name="identity_name_order_idx"),
+            # The list order; it includes the path so that a manager's page is found by an
+            # index-only scan (EnvelopePagination page_by_primary_keys), skipping the identities
+            # outside their subtree without reading the table.
+            models.Index(fields=["last_name", "first_name", "id"], include=["path"], name="identity_name_path_idx"),
             models.Index(fields=["path"], opclasses=["varchar_pattern_ops"], name="identity_path_prefix_idx"),
             models.Index(Upper("email"), name="identity_email_upper_idx"),
         ]

@@ -280,3 +280,23 @@ def test_path_within_is_startswith(world, db, prefix):
         assert within == {p for p in paths if p.startswith(prefix)}
 
     in_acme(world, check)
+
+
+def test_pages_found_by_primary_keys_are_the_plain_slices(api, world):
+    """Identity pages are read by primary keys first (deferred join): same rows, same order as slicing."""
+    admin = api("acme", "admin")
+    for n in range(9):
+        post(api, {"external_id": f"page-{n}", "first_name": f"F{n % 3}", "last_name": "Same" if n < 6 else f"L{n}",
+                   "department": "Sales" if n % 2 else "Ops"})
+
+    def ids(query: str) -> list[str]:
+        return [i["id"] for i in admin.get(f"/api/v1/identities?{query}").body["items"]]
+
+    for query, filters in (("q=page-", {"external_id__startswith": "page-"}),
+                           ("q=page-&department=Sales", {"external_id__startswith": "page-", "department": "Sales"})):
+        expected = in_acme(world, lambda filters=filters: [
+            str(pk) for pk in Identity.objects.filter(**filters).order_by("last_name", "first_name", "id")
+            .values_list("pk", flat=True)])
+        assert ids(f"{query}&limit=500") == expected and len(expected) >= 4
+        walked = [pk for offset in range(0, len(expected) + 3, 2) for pk in ids(f"{query}&limit=2&offset={offset}")]
+        assert walked == expected

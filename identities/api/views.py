@@ -43,6 +43,7 @@ class IdentityViewSet(PlatformModelViewSet):
     serializer_class = IdentitySerializer
     filterset_class = IdentityFilter
     lookup_value_regex = UUID_LOOKUP
+    page_by_primary_keys = True  # identity_name_path_idx covers the order and the manager scope
 
     def perform_create(self, serializer):
         serializer.instance = services.create_identity(**serializer.validated_data)
