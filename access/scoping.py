@@ -2,14 +2,20 @@
 
 * Resource owners see the identities that hold grants on (or accounts in) what they own:
   applications they own, entitlements they own, roles they own.
-* Accounts and grants are visible when their identity is; orphan accounts only to admins and
-  auditors. The catalog (applications, entitlements, roles) is visible to every principal of
-  the tenant: it says what exists, not who has it.
+* Accounts are visible when their identity is; orphan accounts only to admins and auditors.
+* Grants: a principal sees every grant of themself and of the people under them (manager
+  chain); as a resource owner, only the grants on what they own, of holders they may see (not
+  the other access of the people that ownership makes visible). Someone who is both sees the
+  union.
+* The catalog (applications, entitlements, roles) is visible to every principal of the tenant:
+  it says what exists, not who has it.
 """
 
 from __future__ import annotations
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+import uuid
+
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 
 from identities import scoping as identity_scoping
 from identities.models import Identity
@@ -17,27 +23,39 @@ from rapidvalue.api import scoping
 
 from .models import Account, Application, Entitlement, Grant, Role
 
+OWNS_RESOURCES = "owns_resources"
 
-def resource_owner_filter(principal) -> Q | None:
-    """Identities holding access to resources owned by the principal's identity."""
-    me = getattr(principal, "identity_id", None)
-    if me is None:
-        return None
-    owned_apps = Application.objects.filter(owners=me).values("pk")
-    owned_roles = Role.objects.filter(owners=me).values("pk")
-    # One query to learn whether the principal owns anything at all; most principals do not,
-    # and then the (larger) grant subqueries are left out of their scope entirely.
-    owns_anything = Identity.objects.filter(pk=me).filter(
+
+def _owns_resources_probe() -> ExpressionWrapper:
+    """Does the principal's identity own an application, a role or an entitlement?
+
+    Most principals own nothing; answered in the scope-facts query, it keeps the (larger) grant
+    subqueries out of their scope at no extra round trip.
+    """
+    return ExpressionWrapper(
         Exists(Application.owners.through.objects.filter(identity_id=OuterRef("pk")))
         | Exists(Role.owners.through.objects.filter(identity_id=OuterRef("pk")))
-        | Exists(Entitlement.objects.filter(owner_id=OuterRef("pk")))
-    ).exists()
-    if not owns_anything:
-        return None
-    on_owned = Grant.objects.filter(
-        Q(entitlement__application__in=owned_apps) | Q(entitlement__owner=me) | Q(role__in=owned_roles),
-        state=Grant.State.ACTIVE,
+        | Exists(Entitlement.objects.filter(owner_id=OuterRef("pk"))),
+        output_field=BooleanField(),
     )
+
+
+def grants_on_owned_resources(owner_id: uuid.UUID) -> Q:
+    """Q over Grant: grants on an application, entitlement or role that ``owner_id`` owns."""
+    return (
+        Q(entitlement__application__in=Application.objects.filter(owners=owner_id).values("pk"))
+        | Q(entitlement__owner=owner_id)
+        | Q(role__in=Role.objects.filter(owners=owner_id).values("pk"))
+    )
+
+
+def resource_owner_filter(principal, facts: identity_scoping.ScopeFacts) -> Q | None:
+    """Identities holding access to resources owned by the principal's identity."""
+    if facts.identity_id is None or not facts.flag(OWNS_RESOURCES):
+        return None
+    me = facts.identity_id
+    on_owned = Grant.objects.filter(grants_on_owned_resources(me), state=Grant.State.ACTIVE)
+    owned_apps = Application.objects.filter(owners=me).values("pk")
     return (
         Q(pk__in=on_owned.filter(identity__isnull=False).values("identity_id"))
         | Q(pk__in=on_owned.filter(account__isnull=False).values("account__identity_id"))
@@ -45,13 +63,23 @@ def resource_owner_filter(principal) -> Q | None:
     )
 
 
+def _held_by(identities: QuerySet) -> Q:
+    """Q over Grant: held by one of ``identities`` directly or through one of their accounts."""
+    return Q(identity__in=identities) | Q(account__identity__in=identities)
+
+
 def _accounts(queryset: QuerySet, principal) -> QuerySet:
     return queryset.filter(identity__in=identity_scoping.visible_identity_ids(principal))
 
 
 def _grants(queryset: QuerySet, principal) -> QuerySet:
-    visible = identity_scoping.visible_identity_ids(principal)
-    return queryset.filter(Q(identity__in=visible) | Q(account__identity__in=visible))
+    """Own and reports' grants; for a resource owner, the grants on what they own (module doc)."""
+    facts = identity_scoping.scope_facts(principal)
+    clauses = _held_by(Identity.objects.filter(identity_scoping.hierarchy_filter(facts)).values("pk"))
+    if facts.identity_id is not None and facts.flag(OWNS_RESOURCES):
+        visible = identity_scoping.visible_identity_ids(principal, facts)
+        clauses |= grants_on_owned_resources(facts.identity_id) & _held_by(visible)
+    return queryset.filter(clauses)
 
 
 def _catalog(queryset: QuerySet, principal) -> QuerySet:
@@ -59,6 +87,7 @@ def _catalog(queryset: QuerySet, principal) -> QuerySet:
 
 
 def register() -> None:
+    identity_scoping.add_probe(OWNS_RESOURCES, _owns_resources_probe)
     identity_scoping.add_contributor(resource_owner_filter)
     scoping.register_scope(Account, _accounts)
     scoping.register_scope(Grant, _grants)

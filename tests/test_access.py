@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -213,3 +214,41 @@ def test_expired_and_future_grants_are_not_effective(catalog, world):
                                                  "valid_until": tomorrow})
     items = client.get(f"/api/v1/identities/{person['id']}/access").body["items"]
     assert [i["entitlement"]["value"] for i in items] == ["erp-approve"]
+
+
+def test_effective_access_pages_are_slices_of_the_whole_list(catalog, world):
+    """The access endpoint pages in SQL: same items, same order and total as the full computation."""
+    client, person, _, app, ents = catalog
+    more = [client.post("/api/v1/entitlements", {"application": app["id"], "value": f"erp-x{n}"}).body
+            for n in range(3)]
+    base = client.post("/api/v1/entitlements/roles",
+                       {"name": "Base", "entitlements": [ents["erp-read"]["id"], more[0]["id"]]}).body
+    lead = client.post("/api/v1/entitlements/roles", {"name": "Lead", "entitlements": [ents["erp-write"]["id"]],
+                                                      "includes": [base["id"]]}).body
+    account = client.post("/api/v1/accounts", {"application": app["id"], "native_id": "pg-1",
+                                               "identity": person["id"]}).body
+    grants = [{"role": lead["id"]}, {"role": base["id"], "source": "request"},
+              {"entitlement": ents["erp-read"]["id"]}, {"entitlement": ents["erp-read"]["id"], "source": "birthright"},
+              {"entitlement": more[1]["id"], "account": account["id"]}, {"entitlement": more[2]["id"]}]
+    for body in grants:
+        response = client.post("/api/v1/entitlements/grants", {"identity": person["id"], **body})
+        assert response.status_code == 201, response.body
+
+    with tenant_context(world.acme.tenant):
+        everything = json.loads(json.dumps(effective_access(person["id"])))
+    assert len(everything) == 12  # 4 direct + 3 roles (Base twice: direct and via Lead) + 5 through roles
+    url = f"/api/v1/identities/{person['id']}/access"
+    whole = client.get(f"{url}?limit=500").body
+    assert whole["items"] == everything and whole["total"] == 12
+    from rest_framework import serializers
+
+    from identities.api.serializers import AccessItemSerializer
+
+    assert [serializers.Serializer.to_representation(AccessItemSerializer(), item) for item in everything] == everything
+    pages = [client.get(f"{url}?limit=4&offset={offset}").body for offset in range(0, 16, 4)]
+    assert [item for page in pages for item in page["items"]] == everything
+    assert [len(page["items"]) for page in pages] == [4, 4, 4, 0]
+    assert {page["total"] for page in pages} == {12} and pages[1]["offset"] == 4 and pages[1]["limit"] == 4
+    assert client.get(f"{url}?limit=0").body == {"items": [], "total": 12, "limit": 0, "offset": 0}
+    assert client.get(f"{url}?offset=99").body == {"items": [], "total": 12, "limit": 50, "offset": 99}
+    assert_error(client.get(f"{url}?offset=-1"), 400, "invalid")

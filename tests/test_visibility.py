@@ -130,8 +130,9 @@ def test_scoped_lists_cost_the_same_queries_for_1_or_500_rows(world, org, path, 
     with CaptureQueriesContext(connection) as many:
         client.get(f"{path}?limit=500")
     assert len(one) == len(many)
-    # host, tenant, user, own path, ownership, count, page (+ search_path switches): no per-row query.
-    with django_assert_max_num_queries(10):
+    # host, tenant, user, scope facts (own path and ownership), count, page (+ 2 search_path switches):
+    # no per-row query.
+    with django_assert_max_num_queries(8):
         client.get(f"{path}?limit=500")
 
 
@@ -151,3 +152,51 @@ def test_grant_detail_outside_scope_is_404(world, org, who):
             assert response.status_code == 200
         else:
             assert_error(response, 404, "not_found")
+
+
+GRANTS_SEEN = {
+    "owner": {"holder_payroll", "holder_payroll_ended", "acct_account_payroll"},
+    "both": {"d3_auditors", "both_report_crm"},
+    "manager1": {"d3_auditors", "d3_crm", "d6_crm"},
+    "manager5": {"d6_crm"},
+    "loner": set(),
+    "nobody": set(),
+}
+
+
+@pytest.mark.parametrize("who", list(GRANTS_SEEN))
+def test_resource_owners_see_only_the_grants_on_what_they_own(world, org, who):
+    """A manager sees every grant of their reports; a resource owner only the grants on what they
+    own (not the other access of the holders this makes visible); someone who is both, the union."""
+    from django.utils import timezone
+    from django_tenants.utils import tenant_context
+
+    from access.models import Grant
+
+    people, objects = org.people, org.objects
+    with tenant_context(world.acme.tenant):
+        grants = {
+            "holder_payroll": Grant.objects.get(identity=people["holder"], entitlement=objects["pay_admin"]),
+            "d3_auditors": Grant.objects.get(identity=people["d3"], role=objects["auditors"]),
+            "d6_crm": Grant.objects.get(identity=people["d6"], entitlement=objects["crm_user"]),
+            # Not on Payroll: the owner of Payroll sees holder and acct, not this access of theirs.
+            "holder_crm": Grant.objects.create(identity=people["holder"], entitlement=objects["crm_user"]),
+            "acct_crm": Grant.objects.create(identity=people["acct"], entitlement=objects["crm_user"]),
+            # On Payroll: an ended grant of a visible holder, a grant held through a Payroll account.
+            "holder_payroll_ended": Grant.objects.create(identity=people["holder"], entitlement=objects["pay_admin"],
+                                                         state="ended", ended_at=timezone.now()),
+            "acct_account_payroll": Grant.objects.create(account=objects["account"], entitlement=objects["pay_admin"],
+                                                         source="sync"),
+            # "both" owns the role Auditors (held by d3) and manages both_report.
+            "d3_crm": Grant.objects.create(identity=people["d3"], entitlement=objects["crm_user"]),
+            "both_report_crm": Grant.objects.create(identity=people["both_report"], entitlement=objects["crm_user"]),
+        }
+    names = {str(grant.pk): name for name, grant in grants.items()}
+    client = client_for(world, org, who)
+    seen = {names.get(g["id"], g["id"]) for g in listed(client, "/api/v1/entitlements/grants?limit=500")}
+    assert seen == GRANTS_SEEN[who]
+    for name, grant in grants.items():
+        response = client.get(f"/api/v1/entitlements/grants/{grant.pk}")
+        assert response.status_code == (200 if name in GRANTS_SEEN[who] else 404), name
+    admin = {g["id"] for g in listed(client_for(world, org, "admin"), "/api/v1/entitlements/grants?limit=500")}
+    assert set(names) <= admin

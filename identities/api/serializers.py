@@ -3,11 +3,14 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from identities.models import Identity, LifecycleEvent
-from rapidvalue.api.serializers import PlatformModelSerializer, PlatformSerializer
+from rapidvalue.api.serializers import FastRepresentationMixin, PlatformModelSerializer, PlatformSerializer
 
 
-class IdentitySerializer(PlatformModelSerializer):
-    """Pattern 1 of the API contract: ``manager_external_id`` names the manager, in any order."""
+class IdentitySerializer(FastRepresentationMixin, PlatformModelSerializer):
+    """Pattern 1 of the API contract: ``manager_external_id`` names the manager, in any order.
+
+    Read through :class:`FastRepresentationMixin`: identity lists are the hottest read of the API.
+    """
 
     manager_external_id = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
     manager_id = serializers.UUIDField(required=False, allow_null=True,
@@ -63,3 +66,11 @@ class AccessItemSerializer(PlatformSerializer):
     source = serializers.CharField()
     path = serializers.ChoiceField(choices=["direct", "role", "birthright", "request", "sync", "role_mining"])
     via_roles = serializers.ListField(child=serializers.DictField())
+
+    def to_representation(self, instance):
+        """Items from ``access.effective`` are built in their JSON form (string ids, plain dicts and
+        lists of JSON values): DRF's per-field pass would copy them unchanged at ~2 ms per page."""
+        names = self._declared_fields.keys()
+        if isinstance(instance, dict) and instance.keys() == names:
+            return {name: instance[name] for name in names}
+        return super().to_representation(instance)

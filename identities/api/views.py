@@ -8,7 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from access.effective import effective_access
+from access.effective import effective_access_page
 from identities import services
 from identities.models import Identity
 from rapidvalue.api import scoping
@@ -43,6 +43,7 @@ class IdentityViewSet(PlatformModelViewSet):
     serializer_class = IdentitySerializer
     filterset_class = IdentityFilter
     lookup_value_regex = UUID_LOOKUP
+    page_by_primary_keys = True  # identity_name_path_idx covers the order and the manager scope
 
     def perform_create(self, serializer):
         serializer.instance = services.create_identity(**serializer.validated_data)
@@ -85,5 +86,6 @@ class IdentityViewSet(PlatformModelViewSet):
     def access(self, request, pk=None):
         identity = self.get_object()
         paginator = EnvelopePagination()
-        page = paginator.paginate_queryset(effective_access(identity.pk), request, self)
+        page = paginator.paginate_in_sql(lambda limit, offset: effective_access_page(identity.pk, limit, offset),
+                                         request)
         return paginator.get_paginated_response(AccessItemSerializer(page, many=True).data)
