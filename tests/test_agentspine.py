@@ -277,6 +277,8 @@ def test_chunks_are_idempotent_by_sequence_and_completion_needs_them_all(api, wo
                  409, "chunks_missing")
     client.post(f"{url}/chunks", {"lease_id": lease, "sequence": 1,
                                   "payload": {"grants": [{"entitlement_value": "g1", "identity_external_id": "E1"}]}})
+    assert_error(client.post(f"{url}/complete", {"lease_id": lease, "chunk_count": 2, "result": {"has_more": "x"}}),
+                 400)  # not a SyncResponse (success missing): refused, the job stays leased
     done = client.post(f"{url}/complete", {"lease_id": lease, "chunk_count": 2,
                                            "result": {"success": True, "has_more": False}})
     assert done.status_code == 200 and done.body["status"] == "succeeded"

@@ -142,10 +142,27 @@ def store_chunk(agent: Agent, job_id, lease_id, sequence: int, payload: dict[str
     return stored
 
 
+def _check_result(kind: str, result: dict[str, Any]) -> None:
+    """The result must be the protocol response of the job's kind (record lists arrive as chunks): 400 otherwise."""
+    from pydantic import ValidationError as PydanticValidationError
+    from rest_framework.exceptions import ValidationError
+
+    from connectors.protocol.v1 import ProvisioningResponse, SyncResponse, TestConnectionResponse
+
+    model = {AgentJob.Kind.SYNC: SyncResponse, AgentJob.Kind.TEST_CONNECTION: TestConnectionResponse,
+             AgentJob.Kind.PROVISION: ProvisioningResponse}[kind]
+    try:
+        model.model_validate(result)
+    except PydanticValidationError as exc:
+        raise ValidationError({"result": [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:20]]}
+                              ) from exc
+
+
 @transaction.atomic
 def complete(agent: Agent, job_id, lease_id, *, chunk_count: int, result: dict[str, Any]) -> AgentJob:
     """Finish a job: every chunk 0..chunk_count-1 of this attempt must be there (else 409)."""
     job = _leased(agent, job_id, lease_id)
+    _check_result(job.kind, result)
     have = set(AgentJobChunk.objects.filter(job=job, attempt=job.attempt).values_list("sequence", flat=True))
     missing = sorted(set(range(chunk_count)) - have)
     if missing:
