@@ -53,7 +53,8 @@ class AgentAdmin(RoleAdminMixin, admin.ModelAdmin):
         messages.success(request, f"Enrollment code for {agent.name} (shown once, expires "
                                   f"{issued.expires_at:%Y-%m-%d %H:%M} UTC): {issued.code}")
 
-    @admin.action(description="Revoke the selected agents (their tokens stop working at once)")
+    @admin.action(description="Revoke the selected agents (their tokens stop working at once)",
+                  permissions=["change"])
     def revoke(self, request, queryset):
         with acting_as(admin_actor(request)):
             for agent in queryset:

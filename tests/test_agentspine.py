@@ -255,6 +255,8 @@ def test_a_job_is_leased_to_its_agent_only_and_never_twice(api, world):
     assert _lease(client).status_code == 204  # leased: not handed out again while the lease runs
     assert_error(client.get("/api/v1/agent/jobs/next?wait=abc"), 400)
     assert_error(client.get("/api/v1/agent/jobs/next?wait=26"), 400)
+    assert_error(client.get("/api/v1/agent/jobs/next?wait=%C2%B2"), 400)  # a superscript digit
+    assert_error(client.get("/api/v1/agent/jobs/next?wait=" + "9" * 5000), 400)
 
 
 def test_chunks_are_idempotent_by_sequence_and_completion_needs_them_all(api, world):
@@ -279,6 +281,8 @@ def test_chunks_are_idempotent_by_sequence_and_completion_needs_them_all(api, wo
                                   "payload": {"grants": [{"entitlement_value": "g1", "identity_external_id": "E1"}]}})
     assert_error(client.post(f"{url}/complete", {"lease_id": lease, "chunk_count": 2, "result": {"has_more": "x"}}),
                  400)  # not a SyncResponse (success missing): refused, the job stays leased
+    assert_error(client.post(f"{url}/complete", {"lease_id": lease, "chunk_count": 2,
+                                                 "result": {"success": True, "identities": [IDENTITY]}}), 400)
     done = client.post(f"{url}/complete", {"lease_id": lease, "chunk_count": 2,
                                            "result": {"success": True, "has_more": False}})
     assert done.status_code == 200 and done.body["status"] == "succeeded"

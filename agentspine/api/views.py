@@ -6,6 +6,7 @@ endpoints hold no business logic: enrollment, presence and jobs live in ``agents
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.conf import settings
@@ -177,7 +178,7 @@ class NextJobView(AgentEndpoint):
     def get(self, request):
         """Long poll: the next job with a lease, at once if one is waiting; 204 when none came in time."""
         raw = request.query_params.get("wait") or str(settings.AGENT_LONG_POLL_SECONDS)
-        if not raw.isdigit() or int(raw) > min(25, settings.AGENT_LONG_POLL_SECONDS):
+        if not re.fullmatch(r"[0-9]{1,2}", raw) or int(raw) > min(25, settings.AGENT_LONG_POLL_SECONDS):
             raise ValidationError({"wait": [f"An integer from 0 to {min(25, settings.AGENT_LONG_POLL_SECONDS)}."]})
         job = jobs.wait_for_next(self.agent, int(raw))
         if job is None:
@@ -228,6 +229,9 @@ class JobCompleteView(JobEndpoint):
     def post(self, request, job_id):
         """Finish the job; every chunk 0..chunk_count-1 of this lease's attempt must have arrived."""
         data = self.body(request)
+        if any(data["result"].get(k) for k in jobs.CHUNK_KEYS):
+            # Dropping them would turn a full sync's page into "nothing there" (and deletions).
+            raise ValidationError({"result": ["Records travel as chunks: no record lists in the result."]})
         result = {k: v for k, v in data["result"].items() if k not in jobs.CHUNK_KEYS}
         return Response(_state(jobs.complete(self.agent, job_id, data["lease_id"], chunk_count=data["chunk_count"],
                                              result=result)))
