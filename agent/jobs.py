@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from connectors import builtin  # noqa: F401 - registers the built-in connector types
-from connectors.base import ConnectorError, connector_class
+from connectors.base import Connector, ConnectorError, connector_class
 from connectors.protocol.v1 import (
     ProvisioningRequest,
     SyncRequest,
@@ -14,7 +14,7 @@ from connectors.protocol.v1 import (
 )
 
 from . import log
-from .client import Client, ServerRefused
+from .client import Client, ServerRefused, Stopped
 from .config import AgentConfig
 
 LIST_KEYS = ("identities", "accounts", "entitlements", "grants", "record_errors")
@@ -35,13 +35,42 @@ def _local(config: AgentConfig, job: dict[str, Any]):
     return local
 
 
+_MISSING = object()
+
+
+def _at(config: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = config
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def effective_config(cls: type[Connector], server: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+    """The server's settings (mapping, filters, paging) under the agent's own config.
+
+    Where the credentials go (URLs, TLS settings) and which local files are read are the
+    agent's decision alone: the server may repeat the local value but never supply one, else a
+    compromised or mistaken cloud side could send on-premises credentials to a host it chooses.
+    """
+    merged = {**server, **local}
+    for path in cls.local_only_paths(merged):
+        server_value, local_value = _at(server, path), _at(local, path)
+        if server_value is not _MISSING and local_value is _MISSING:
+            raise ConnectorError(f"the server's config sets {'.'.join(path)}, which the agent takes only from its "
+                                 "local config: set it there (connection targets never come from the server)")
+    return merged
+
+
 def run_connector(config: AgentConfig, job: dict[str, Any]) -> dict[str, Any]:
     """The protocol response of the job's call, with the agent's own credentials added here."""
     local = _local(config, job)
+    cls = connector_class(local.type)
     request = dict(job["request"])
     request["auth_config"] = local.auth_config
-    request["config"] = {**(request.get("config") or {}), **local.config}
-    instance = connector_class(local.type)()
+    request["config"] = effective_config(cls, request.get("config") or {}, local.config)
+    instance = cls()
     if job["kind"] == "sync":
         return instance.sync(SyncRequest.model_validate(request)).model_dump(mode="json")
     if job["kind"] == "test_connection":
@@ -66,18 +95,33 @@ def chunks_of(result: dict[str, Any], size: int):
         yield chunk
 
 
+def report_failure(client: Client, job: dict[str, Any], message: str) -> bool:
+    """Tell the server the job failed (so it is not leased again and again); best effort."""
+    try:
+        client.request("POST", f"/api/v1/agent/jobs/{job['id']}/fail",
+                       json={"lease_id": job["lease"]["id"], "error": message[:4000]})
+        return True
+    except (ServerRefused, Stopped) as exc:
+        log.warning("job.fail_not_reported", job=job["id"], error=str(exc))
+        return False
+
+
 def execute(client: Client, config: AgentConfig, job: dict[str, Any], stop: threading.Event) -> str:
-    """Run the job and report it: chunks, then complete (or fail). Returns the outcome for the log."""
+    """Run the job and report it: chunks, then complete (or fail). Returns the outcome for the log.
+
+    Outcomes: ``complete``, ``failed`` (reported to the server), ``abandoned`` (the server took the
+    lease back). A result the server refuses (400, 413) is reported as the job's failure.
+    """
     job_id, lease_id = job["id"], job["lease"]["id"]
     base = f"/api/v1/agent/jobs/{job_id}"
     try:
-        try:
-            result = run_connector(config, job)
-        except (ConnectorError, ValueError) as exc:
-            message = f"{exc.__class__.__name__}: {exc}"
-            log.warning("job.connector_error", job=job_id, error=message)
-            client.request("POST", f"{base}/fail", json={"lease_id": lease_id, "error": message})
-            return "failed"
+        result = run_connector(config, job)
+    except (ConnectorError, ValueError) as exc:
+        message = f"{exc.__class__.__name__}: {exc}"
+        log.warning("job.connector_error", job=job_id, error=message)
+        report_failure(client, job, message)
+        return "failed"
+    try:
         sequence = 0
         for chunk in chunks_of(result, config.upload_chunk_records):
             # Re-sending the same sequence after a network error is harmless: the server keeps the first.
@@ -94,4 +138,9 @@ def execute(client: Client, config: AgentConfig, job: dict[str, Any], stop: thre
         if exc.status in (404, 409):
             log.warning("job.abandoned", job=job_id, reason=str(exc))
             return "abandoned"
+        if exc.status in (400, 413, 422):
+            # The result itself is refused: sending it again would be refused again.
+            log.warning("job.result_refused", job=job_id, error=str(exc))
+            report_failure(client, job, f"the server refused the result: {exc}")
+            return "failed"
         raise

@@ -19,6 +19,8 @@ from . import __version__, jobs, log
 from .client import Client, ServerRefused, Stopped
 from .config import AgentConfig, ConfigError, read_state
 
+FINISHED = ("complete", "failed", "abandoned")
+
 
 class _Interrupted(Exception):
     pass
@@ -131,8 +133,11 @@ class AgentRuntime:
             except Stopped as exc:
                 outcome["result"] = f"interrupted: {exc}"
             except Exception as exc:  # a bug or an unexpected answer: report it, keep the agent alive
-                log.error("job.crashed", job=job["id"], error=f"{exc.__class__.__name__}: {exc}")
-                outcome["result"] = "crashed"
+                message = f"{exc.__class__.__name__}: {exc}"
+                log.error("job.crashed", job=job["id"], error=message)
+                # Failed on the server rather than leased again and again until AGENT_MAX_ATTEMPTS.
+                reported = jobs.report_failure(self.client, job, f"the agent crashed on this job: {message}")
+                outcome["result"] = "failed" if reported else "crashed"
 
         worker = threading.Thread(target=work, name=f"job-{job['id']}", daemon=True)
         worker.start()
@@ -140,9 +145,12 @@ class AgentRuntime:
             worker.join(timeout=0.2)
             if self.stop.is_set() and worker.is_alive():
                 worker.join(timeout=self.config.shutdown_grace_seconds)
-                if worker.is_alive():
-                    self._hand_back(job)
                 break
+        if worker.is_alive() or (self.stop.is_set() and outcome.get("result") not in FINISHED):
+            # Still running after the grace period, or cut short by the shutdown: hand it back so
+            # another run of the agent takes it at once instead of after the lease expires.
+            self._hand_back(job)
+        log.info("job.end", job=job["id"], outcome=outcome.get("result", "running"))
         self.current = None
 
     def _hand_back(self, job: dict[str, Any]) -> None:

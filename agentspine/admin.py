@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db import connection
+from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -27,17 +28,21 @@ class AgentAdmin(RoleAdminMixin, admin.ModelAdmin):
     readonly_fields = tuple(f for f in fields if f != "name")
     actions = ["revoke"]
 
+    def get_queryset(self, request):
+        # The job counts come with the page's rows: one query, not two per agent.
+        return super().get_queryset(request).annotate(
+            open_job_count=Count("jobs", filter=Q(jobs__status__in=AgentJob.OPEN)), job_count=Count("jobs"))
+
     @admin.display(description="jobs")
     def jobs(self, obj: Agent) -> str:
         if obj.pk is None:
             return "-"
         url = reverse("tenant:agentspine_agentjob_changelist") + f"?agent__id__exact={obj.pk}"
-        open_count = obj.jobs.filter(status__in=AgentJob.OPEN).count()
-        return format_html('<a href="{}">{} open, {} in all</a>', url, open_count, obj.jobs.count())
+        return format_html('<a href="{}">{} open, {} in all</a>', url, obj.open_job_count, obj.job_count)
 
-    @admin.display(description="open jobs")
+    @admin.display(description="open jobs", ordering="open_job_count")
     def open_jobs(self, obj: Agent) -> int:
-        return obj.jobs.filter(status__in=AgentJob.OPEN).count()
+        return obj.open_job_count
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # revoke instead: the audit trail keeps the agent
@@ -50,8 +55,20 @@ class AgentAdmin(RoleAdminMixin, admin.ModelAdmin):
             agent, issued = enrollment.create_agent(tenant=request.tenant, name=obj.name, connector_ids=[],
                                                     created_by=request.user.email)
         obj.pk = agent.pk
-        messages.success(request, f"Enrollment code for {agent.name} (shown once, expires "
-                                  f"{issued.expires_at:%Y-%m-%d %H:%M} UTC): {issued.code}")
+        request.rv_enrollment = (agent, issued)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The one-time code on its own page: never in a message (those may travel in a cookie)."""
+        created = getattr(request, "rv_enrollment", None)
+        if created is None:
+            return super().response_add(request, obj, post_url_continue)
+        agent, issued = created
+        response = TemplateResponse(request, "admin/agentspine/enrollment_code.html", {
+            **self.admin_site.each_context(request), "title": f"Enrollment code for {agent.name}", "agent": agent,
+            "code": issued.code, "expires_at": issued.expires_at, "opts": self.opts,
+            "change_url": reverse("tenant:agentspine_agent_change", args=[agent.pk])})
+        response["Cache-Control"] = "no-store"
+        return response
 
     @admin.action(description="Revoke the selected agents (their tokens stop working at once)",
                   permissions=["change"])

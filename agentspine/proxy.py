@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from connectors.base import ConnectorError, SyncCancelled
+from connectors.base import SyncCancelled
 from connectors.models import ConnectorInstance, SyncRun
 from connectors.protocol.v1 import (
     OperationResult,
@@ -29,12 +29,11 @@ from connectors.protocol.v1 import (
 
 from .models import Agent, AgentJob
 from .services import jobs
+from .services.jobs import AgentUnavailable
 
 WAIT_SLICE_SECONDS = 5
 
-
-class AgentUnavailable(ConnectorError):
-    transient = True
+__all__ = ["AgentProxyConnector", "AgentUnavailable"]
 
 
 def _describe(job: AgentJob, agent: Agent | None) -> str:
@@ -74,7 +73,14 @@ class AgentProxyConnector:
 
     def test_connection(self, connector_type: str, agent_id: str,
                         request: TestConnectionRequest) -> TestConnectionResponse:
-        job = self._enqueue(agent_id, AgentJob.Kind.TEST_CONNECTION, request)
+        # Someone is waiting for this answer: say at once that the agent cannot give it.
+        try:
+            reason = self.waiting_reason(agent_id)
+            if reason is not None:
+                return TestConnectionResponse(success=False, message=reason)
+            job = self._enqueue(agent_id, AgentJob.Kind.TEST_CONNECTION, request)
+        except AgentUnavailable as exc:
+            return TestConnectionResponse(success=False, message=str(exc))
         outcome = self._await(job, settings.AGENT_TEST_CONNECTION_TIMEOUT_SECONDS)
         if outcome is None:
             return TestConnectionResponse(success=False, message=job.error)
@@ -82,7 +88,12 @@ class AgentProxyConnector:
             {k: v for k, v in outcome.items() if k not in jobs.CHUNK_KEYS})
 
     def provision(self, connector_type: str, agent_id: str, request: ProvisioningRequest) -> ProvisioningResponse:
-        job = self._enqueue(agent_id, AgentJob.Kind.PROVISION, request)
+        try:
+            job = self._enqueue(agent_id, AgentJob.Kind.PROVISION, request)
+        except AgentUnavailable as exc:
+            return ProvisioningResponse(results=[
+                OperationResult(operation_id=op.operation_id, success=False, error=str(exc), retryable=False)
+                for op in request.operations])
         outcome = self._await(job, settings.AGENT_JOB_TIMEOUT_SECONDS)
         if outcome is None:
             return ProvisioningResponse(results=[
@@ -90,6 +101,16 @@ class AgentProxyConnector:
                 for op in request.operations])
         return ProvisioningResponse.model_validate(
             {k: v for k, v in outcome.items() if k not in jobs.CHUNK_KEYS})
+
+    def waiting_reason(self, agent_id: str) -> str | None:
+        """None while the agent is online; why a job would wait otherwise; raises when it never could run."""
+        agent = Agent.objects.filter(pk=agent_id).first()
+        if agent is None or agent.revoked_at is not None:
+            raise AgentUnavailable(f"agent '{agent.name if agent else agent_id}' has been revoked or removed; "
+                                   "assign the connector to another agent")
+        if agent.enrolled_at is None or not agent.online:
+            return _describe(AgentJob(status=AgentJob.Status.QUEUED), agent)
+        return None
 
     # -- waiting ----------------------------------------------------------------------------
 
@@ -110,10 +131,7 @@ class AgentProxyConnector:
         while True:
             job.refresh_from_db()
             if job.status == AgentJob.Status.SUCCEEDED:
-                result = jobs.assemble(job)
-                jobs.discard_chunks(job)
-                self._note("")
-                return result
+                return self._collect(job)
             if job.status in (AgentJob.Status.FAILED, AgentJob.Status.CANCELLED):
                 job.error = f"agent job failed: {job.error}" if job.error else "agent job failed"
                 self._note("")
@@ -121,17 +139,27 @@ class AgentProxyConnector:
             if self.run is not None and SyncRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
                 jobs.cancel(job, "the sync run was cancelled")
                 raise SyncCancelled("cancelled while the agent was working")
+            agent = Agent.objects.filter(pk=job.agent_id).first()
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                agent = Agent.objects.filter(pk=job.agent_id).first()
-                reason = f"no result within {int(timeout)} s; {_describe(job, agent)}"
+            gone = agent is None or agent.revoked_at is not None
+            if gone or remaining <= 0:
+                reason = (f"agent '{agent.name if agent else job.agent_id}' has been revoked" if gone
+                          else f"no result within {int(timeout)} s; {_describe(job, agent)}")
                 jobs.cancel(job, reason)
+                job.refresh_from_db()
+                if job.status == AgentJob.Status.SUCCEEDED:  # it finished just before we gave up
+                    return self._collect(job)
                 job.error = reason
                 self._note("")
                 return None
-            agent = Agent.objects.filter(pk=job.agent_id).first()
             detail = _describe(job, agent)
             if detail != last_detail or self.run is not None:
                 self._note(detail)
                 last_detail = detail
             jobs.wait_until_finished(job, min(WAIT_SLICE_SECONDS, remaining))
+
+    def _collect(self, job: AgentJob) -> dict[str, Any]:
+        result = jobs.assemble(job)
+        jobs.discard_chunks(job)
+        self._note("")
+        return result

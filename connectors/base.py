@@ -40,6 +40,9 @@ class Connector(ABC):
 
     type: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: Config keys that decide where credentials are sent or which local files are read (connection
+    #: targets and their TLS protection). On an agent these come only from its local config.
+    local_only_config: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def sync(self, request: SyncRequest) -> SyncResponse:
@@ -61,6 +64,11 @@ class Connector(ABC):
     def validate_config(cls, config: dict, auth_config: dict) -> None:
         """Raise ConfigurationError when config cannot work; called before anything runs."""
         return None
+
+    @classmethod
+    def local_only_paths(cls, config: dict) -> list[tuple[str, ...]]:
+        """Key paths in ``config`` the server may not choose for an agent (see ``local_only_config``)."""
+        return [(key,) for key in cls.local_only_config]
 
 
 _registry: dict[str, type[Connector]] = {}

@@ -31,6 +31,12 @@ class AgentProxy(Protocol):
 
     def provision(self, connector_type: str, agent_id: str, request: ProvisioningRequest) -> ProvisioningResponse: ...
 
+    def waiting_reason(self, agent_id: str) -> str | None:
+        """Why a call now would only wait (agent offline, not enrolled), or None when it can run.
+
+        Raises ConnectorError when it can never run (the agent was revoked or removed)."""
+        ...
+
 
 AgentProxyFactory = Callable[..., AgentProxy]
 _agent_proxy_factory: AgentProxyFactory | None = None
@@ -72,6 +78,12 @@ class ConnectorDispatcher:
     @property
     def capabilities(self):
         return self._class.capabilities
+
+    def waiting_reason(self) -> str | None:
+        """None when a call can run now; else why it would wait (so a sync run can wait without a worker)."""
+        if self.mode == "agent":
+            return self.agent_proxy.waiting_reason(self.agent_id)
+        return None
 
     def validate(self, config: dict, auth_config: dict) -> None:
         """Check config before anything runs (also in agent mode: the shape is the same)."""

@@ -16,7 +16,7 @@ from rapidvalue.api.errors import Conflict
 from rapidvalue.audit import services as audit
 
 from .base import ConfigurationError
-from .dispatcher import ConnectorDispatcher, agent_proxy_for
+from .dispatcher import ConnectorDispatcher, agent_exists, agent_proxy_for
 from .models import ConnectorInstance, SyncRun
 from .protocol.v1 import TestConnectionRequest, TestConnectionResponse
 
@@ -125,6 +125,9 @@ def start_sync(connector: ConnectorInstance, *, incremental: bool = False, max_r
     if callback_url:
         outbound.check_target(callback_url)
     _validate(connector.type, connector.mode, connector.config, auth_config_of(connector))
+    if connector.mode == ConnectorInstance.Mode.AGENT and not agent_exists(connector.agent_id):
+        raise Conflict("This connector's agent has been revoked or removed; assign it to another agent.",
+                       code="agent_unavailable")
     callback_secret = secrets.token_urlsafe(24) if callback_url else None
     # A run whose worker died (no heartbeat for STALE_AFTER) no longer blocks the connector.
     stale = timezone.now() - STALE_AFTER
@@ -143,16 +146,17 @@ def start_sync(connector: ConnectorInstance, *, incremental: bool = False, max_r
                  after={"connector": str(connector.pk), "incremental": incremental})
     from django.db import connection
 
-    from .tasks import run_sync
+    from .tasks import schedule_run
 
     schema = connection.schema_name
     run_id = str(run.pk)
+    agent_mode = connector.mode == ConnectorInstance.Mode.AGENT
 
     def enqueue() -> None:
         from django_tenants.utils import schema_context
 
         with schema_context(schema):
-            run_sync.delay(run_id)
+            schedule_run(run_id, agent_mode=agent_mode)
 
     transaction.on_commit(enqueue)
     return run, callback_secret

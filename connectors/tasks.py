@@ -12,9 +12,23 @@ from rapidvalue import crypto, outbound
 
 @shared_task(name="connectors.tasks.run_sync", acks_late=True)
 def run_sync(run_id: str) -> str:
+    """Run a sync; one whose agent is offline is looked at again later instead of holding this worker."""
+    from django.conf import settings
+
     from .sync import runner
 
-    return runner.execute(run_id)
+    outcome = runner.execute(run_id)
+    if outcome == runner.DEFERRED:
+        schedule_run(run_id, agent_mode=True, countdown=settings.SYNC_AGENT_RECHECK_SECONDS)
+    return outcome
+
+
+def schedule_run(run_id: str, *, agent_mode: bool, countdown: int = 0) -> None:
+    """Send a run to its queue: agent-mode runs have their own, since their pages wait for an agent."""
+    from django.conf import settings
+
+    queue = settings.SYNC_AGENT_QUEUE if agent_mode else None
+    run_sync.apply_async((run_id,), countdown=countdown or None, queue=queue)
 
 
 @shared_task(name="connectors.tasks.post_callback", bind=True, max_retries=5, acks_late=True)

@@ -68,6 +68,15 @@ AGENT_LONG_POLL_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_LONG_POLL_SECONDS
 AGENT_JOB_TIMEOUT_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_JOB_TIMEOUT_SECONDS", "3600"))
 AGENT_TEST_CONNECTION_TIMEOUT_SECONDS = int(os.environ.get("RAPIDVALUE_AGENT_TEST_CONNECTION_TIMEOUT_SECONDS", "30"))
 AGENT_CHUNK_MAX_RECORDS = int(os.environ.get("RAPIDVALUE_AGENT_CHUNK_MAX_RECORDS", "5000"))
+# A job whose lease expired this many times fails (an agent that dies on it must not hold it forever).
+AGENT_MAX_ATTEMPTS = int(os.environ.get("RAPIDVALUE_AGENT_MAX_ATTEMPTS", "5"))
+# Sync runs of agent-mode connectors go to a queue of their own: a page waits for the agent, and
+# those waits must never hold the workers that run hosted syncs, webhooks and campaigns.
+SYNC_AGENT_QUEUE = os.environ.get("RAPIDVALUE_SYNC_AGENT_QUEUE", "agent-syncs")
+# A run whose agent is offline when it starts does not hold a worker: it is looked at again after
+# this many seconds (still queued, its status_detail says why), and fails after SYNC_AGENT_MAX_WAIT.
+SYNC_AGENT_RECHECK_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_RECHECK_SECONDS", "30"))
+SYNC_AGENT_MAX_WAIT_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_MAX_WAIT_SECONDS", str(24 * 3600)))
 
 # Outbound HTTP to loopback/private ranges is refused unless this is set (dev and on-prem tests).
 ALLOW_PRIVATE_TARGETS = env_bool("RAPIDVALUE_ALLOW_PRIVATE_TARGETS", False)

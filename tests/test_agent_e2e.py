@@ -50,6 +50,7 @@ SERVER_ENV = {
     "RAPIDVALUE_AGENT_OFFLINE_AFTER_SECONDS": "5",
     "RAPIDVALUE_AGENT_JOB_TIMEOUT_SECONDS": "120",
     "RAPIDVALUE_ALLOW_PRIVATE_TARGETS": "1",  # the hosted comparison run reaches slapd on loopback
+    "RAPIDVALUE_SYNC_AGENT_RECHECK_SECONDS": "1",  # a run deferred for an offline agent looks again soon
 }
 
 
@@ -147,10 +148,12 @@ def _env(values: dict[str, str]):
 
 
 class Stack:
-    def __init__(self, server: Server, tenants: dict, tokens: dict[str, str]):
+    def __init__(self, server: Server, tenants: dict, tokens: dict[str, str], database_url: str, logs: Path):
         self.server = server
         self.tenants = tenants
         self.tokens = tokens
+        self.database_url = database_url
+        self.logs = logs
 
     def api(self, tenant: str) -> httpx.Client:
         return httpx.Client(base_url=self.server.url, timeout=60,
@@ -184,7 +187,7 @@ def stack(world, django_db_blocker, tmp_path_factory):
             with _env(SERVER_ENV):
                 worker, _ = start_worker(database_url, logs / "worker.log")
             server = Server(database_url, logs, SERVER_ENV).start()
-            yield Stack(server, tenants, tokens)
+            yield Stack(server, tenants, tokens, database_url, logs)
         finally:
             if server is not None:
                 server.kill()
@@ -304,6 +307,10 @@ def test_an_ldap_sync_through_the_agent_equals_the_hosted_sync(stack, agent_dist
         hosted_picture, agent_picture = _picture(stack.tenants["e2ehost"]), _picture(stack.tenants["e2eagent"])
         assert len(agent_picture["accounts"]) >= ldap_server.USERS and agent_picture["grants"]
         assert agent_picture == hosted_picture
+
+        # Test connection waits for the agent's answer inside the request: the job must be visible to it.
+        tested = agent_api.post(f"/api/v1/connectors/{remote['id']}/test")
+        assert tested.status_code == 200 and tested.json()["success"] is True, (tested.text, proc.log_text())
 
         # Online, seen by the admin; the credentials never reached the server, its logs or its audit.
         shown = agent_api.get(f"/api/v1/agents/{agent['id']}").json()
@@ -444,3 +451,45 @@ def test_sigterm_mid_job_hands_the_job_back(stack, agent_dist, tmp_path):
         assert _wait_run(client, connector["id"], run["id"])["status"] == "succeeded", proc.log_text()
     finally:
         proc.kill()
+
+
+def test_jobs_an_agent_cannot_finish_fail_at_once_with_the_reason(stack, agent_dist, tmp_path):
+    """A job the agent refuses (the cloud names a connection target) or whose result the server refuses
+    (oversized chunks) fails on its first attempt with the reason: it is not leased again and again."""
+    client = stack.api("e2eagent")
+    agent = _create_agent(stack, "e2eagent", "strict-agent", [])
+    steered = client.post("/api/v1/connectors", json={
+        "name": "Steered LDAP", "type": "ldap", "mode": "agent", "agent_id": agent["id"],
+        "config": {"url": "ldap://attacker.example:389", "base_dn": "dc=corp,dc=test"}}).json()
+    bulky = client.post("/api/v1/connectors", json={"name": "Bulky HR", "type": "synthetic", "mode": "agent",
+                                                    "agent_id": agent["id"], "config": {"people": 20}}).json()
+    local = {steered["id"]: {"type": "ldap", "auth_config": {"bind_dn": "cn=svc", "password": "on-prem-only"}},
+             bulky["id"]: {"type": "synthetic"}}
+    # A server that takes at most 3 records per chunk, for an agent that sends 10.
+    strict = Server(stack.database_url, stack.logs / "strict",
+                    {**SERVER_ENV, "RAPIDVALUE_AGENT_CHUNK_MAX_RECORDS": "3"})
+    strict.log_dir.mkdir()
+    proc = AgentProcess(agent_dist, tmp_path / "s", _agent_config(local, upload_chunk_records=10,
+                                                                   long_poll_seconds=5), {})
+    try:
+        strict.start()
+        assert proc.command("enroll", "--url", strict.url, "--code", agent["enrollment_code"],
+                            "--config", str(proc.config)).returncode == 0
+        proc.start()
+        steered_run = _wait_run(client, steered["id"], _sync(client, steered["id"])["id"])
+        assert steered_run["status"] == "failed", (steered_run, proc.log_text())
+        assert "sets url, which the agent takes only from its local config" in steered_run["error"]
+        bulky_run = _wait_run(client, bulky["id"], _sync(client, bulky["id"])["id"])
+        assert bulky_run["status"] == "failed", (bulky_run, proc.log_text())
+        assert "the server refused the result" in bulky_run["error"]
+        assert "At most 3 records per chunk" in bulky_run["error"]
+        with tenant_context(stack.tenants["e2eagent"]):
+            for connector in (steered, bulky):
+                job = AgentJob.objects.get(connector_id=connector["id"])
+                assert (job.status, job.attempt) == ("failed", 1)
+        connection.set_schema_to_public()
+        assert proc.process.poll() is None  # the agent carries on with its next job
+        assert "on-prem-only" not in strict.log() + proc.log_text()
+    finally:
+        proc.kill()
+        strict.kill()

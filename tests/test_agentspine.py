@@ -346,12 +346,155 @@ def test_admins_see_an_agents_jobs(api, world):
     assert "request" not in listed.body["items"][0]
 
 
-def test_test_connection_through_an_agent_that_never_answers_says_why(api, settings):
+def test_test_connection_through_an_online_agent_that_never_answers_says_why(api, world, settings):
     settings.AGENT_TEST_CONNECTION_TIMEOUT_SECONDS = 1
     admin = api("acme", "admin")
     connector = _connector(admin)
-    _agent(admin, connector_ids=[connector["id"]])
+    agent, client = _enrolled(admin, connector_ids=[connector["id"]])
+    assert client.post("/api/v1/agent/heartbeat", {}).status_code == 200
     tested = admin.post(f"/api/v1/connectors/{connector['id']}/test")
     assert tested.status_code == 200
     assert tested.body["success"] is False
-    assert "has not enrolled yet" in tested.body["message"]
+    assert tested.body["message"] == "no result within 1 s; queued for agent 'dc1-agent' (online)"
+    with tenant_context(world.acme.tenant):
+        job = AgentJob.objects.get(agent_id=agent["id"])
+        assert job.kind == "test_connection" and job.status == AgentJob.Status.CANCELLED
+
+
+@pytest.mark.parametrize("enrolled", [False, True])
+def test_test_connection_through_an_absent_agent_answers_at_once(api, world, enrolled):
+    admin = api("acme", "admin")
+    connector = _connector(admin)
+    if enrolled:
+        agent, _ = _enrolled(admin, connector_ids=[connector["id"]])  # enrolled, but no heartbeat: offline
+    else:
+        agent = _agent(admin, connector_ids=[connector["id"]])
+    tested = admin.post(f"/api/v1/connectors/{connector['id']}/test")
+    assert tested.status_code == 200 and tested.body["success"] is False
+    expected = "offline" if enrolled else "has not enrolled yet"
+    assert tested.body["message"].startswith("waiting for agent 'dc1-agent'") and expected in tested.body["message"]
+    with tenant_context(world.acme.tenant):
+        assert not AgentJob.objects.filter(agent_id=agent["id"]).exists()  # nothing queued for nobody
+
+
+# -- revocation, attempts, offline agents and sync runs ------------------------------------
+
+def test_a_revoked_agents_connectors_start_no_sync_and_get_no_job(api, world):
+    from agentspine.proxy import AgentProxyConnector
+    from agentspine.services.jobs import AgentUnavailable
+    from connectors.models import SyncRun
+
+    admin = api("acme", "admin")
+    connector = _connector(admin)
+    agent, _ = _enrolled(admin, connector_ids=[connector["id"]])
+    assert admin.post(f"/api/v1/agents/{agent['id']}/revoke").status_code == 200
+    assert_error(admin.post(f"/api/v1/connectors/{connector['id']}/sync", {}), 409, "agent_unavailable")
+    tested = admin.post(f"/api/v1/connectors/{connector['id']}/test")
+    assert tested.body["success"] is False and "revoked" in tested.body["message"]
+    with tenant_context(world.acme.tenant):
+        instance = ConnectorInstance.objects.get(pk=connector["id"])
+        assert not SyncRun.objects.filter(connector=instance).exists()
+        with pytest.raises(AgentUnavailable, match="revoked"):
+            jobs.enqueue(agent_id=agent["id"], connector=instance, kind="sync", request={})
+        # A job that slipped in anyway (a long poll in flight when the agent was revoked) is never leased.
+        AgentJob.objects.create(agent_id=agent["id"], connector=instance, kind="sync", request={})
+        assert jobs.claim_next(Agent.objects.get(pk=agent["id"])) is None
+        # A dispatcher call already waiting gives up at once rather than after its timeout.
+        job = AgentJob.objects.create(agent_id=agent["id"], connector=instance, kind="sync", request={})
+        started = timezone.now()
+        assert AgentProxyConnector(instance)._await(job, timeout=60) is None
+        assert (timezone.now() - started).total_seconds() < 5
+        assert job.error == "agent 'dc1-agent' has been revoked"
+        job.refresh_from_db()
+        assert job.status == AgentJob.Status.CANCELLED
+
+
+def test_a_job_whose_lease_keeps_expiring_fails_after_max_attempts(api, world, settings):
+    settings.AGENT_MAX_ATTEMPTS = 3
+    admin = api("acme", "admin")
+    connector = _connector(admin)
+    agent, client = _enrolled(admin, connector_ids=[connector["id"]])
+    job = _job(world.acme.tenant, agent["id"], connector["id"])
+    second = _job(world.acme.tenant, agent["id"], connector["id"])
+    for attempt in (1, 2, 3):
+        leased = _lease(client)
+        assert leased.status_code == 200 and leased.body["id"] == str(job.pk) and leased.body["attempt"] == attempt
+        with tenant_context(world.acme.tenant):  # the agent dies on it: the lease runs out
+            AgentJob.objects.filter(pk=job.pk).update(leased_until=timezone.now() - timedelta(seconds=1))
+        connection.set_schema_to_public()
+    # The fourth claim gives up on it and hands out the next job instead.
+    leased = _lease(client)
+    assert leased.status_code == 200 and leased.body["id"] == str(second.pk)
+    with tenant_context(world.acme.tenant):
+        job.refresh_from_db()
+        assert job.status == AgentJob.Status.FAILED and job.attempt == 3
+        assert job.error == "the agent did not finish this job in 3 attempts (each lease expired); see the agent's log"
+        assert AuditEvent.objects.filter(action="agent_job.fail", object_id=str(job.pk)).exists()
+
+
+def _queued_run(tenant, connector_id, age_seconds: int = 0):
+    from connectors.models import SyncRun
+
+    with tenant_context(tenant):
+        run = SyncRun.objects.create(connector_id=connector_id)
+        SyncRun.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(seconds=age_seconds))
+    connection.set_schema_to_public()
+    return run
+
+
+@pytest.mark.parametrize("case", ["offline", "online", "waited_too_long", "revoked"])
+def test_a_sync_run_for_an_absent_agent_waits_without_a_worker(api, world, settings, case):
+    from connectors.models import SyncRun
+    from connectors.sync import runner
+
+    settings.SYNC_AGENT_MAX_WAIT_SECONDS = 600
+    admin = api("acme", "admin")
+    connector = _connector(admin)
+    agent, client = _enrolled(admin, connector_ids=[connector["id"]])
+    if case == "online":
+        client.post("/api/v1/agent/heartbeat", {})
+        settings.AGENT_JOB_TIMEOUT_SECONDS = 1  # nobody answers the job: the run fails, but it ran
+    if case == "revoked":
+        admin.post(f"/api/v1/agents/{agent['id']}/revoke")
+    run = _queued_run(world.acme.tenant, connector["id"], age_seconds=601 if case == "waited_too_long" else 0)
+    with tenant_context(world.acme.tenant):
+        outcome = runner.execute(run.pk)
+        run.refresh_from_db()
+        started_jobs = AgentJob.objects.filter(sync_run=run).count()
+    connection.set_schema_to_public()
+    if case == "offline":
+        assert outcome == runner.DEFERRED and run.status == SyncRun.Status.QUEUED and started_jobs == 0
+        assert run.status_detail == "waiting for agent 'dc1-agent': offline"
+    elif case == "online":
+        assert run.status == SyncRun.Status.FAILED and started_jobs == 1
+        assert "no result within 1 s" in run.error
+    elif case == "waited_too_long":
+        assert run.status == SyncRun.Status.FAILED and started_jobs == 0
+        assert run.error == "gave up after 600 s: waiting for agent 'dc1-agent': offline"
+    else:
+        assert run.status == SyncRun.Status.FAILED and started_jobs == 0
+        assert "'dc1-agent' has been revoked or removed" in run.error
+
+
+def test_agent_mode_sync_runs_go_to_their_own_queue(api, world, settings, django_capture_on_commit_callbacks):
+    import redis as redis_lib
+
+    from rapidvalue.celery import app
+
+    admin = api("acme", "admin")
+    hosted = _connector(admin, "Hosted HR")
+    remote = _connector(admin, "Remote HR")
+    _enrolled(admin, connector_ids=[remote["id"]])
+    redis = redis_lib.Redis.from_url(app.conf.broker_url)  # the broker this process sends to
+    before = {q: redis.llen(q) for q in ("celery", settings.SYNC_AGENT_QUEUE)}
+    sent = {}
+    for name, connector in (("hosted", hosted), ("remote", remote)):
+        with django_capture_on_commit_callbacks(execute=True):
+            sent[name] = admin.post(f"/api/v1/connectors/{connector['id']}/sync", {}).body["id"]
+    bodies = {q: [json.loads(m) for m in redis.lrange(q, before[q], -1)] for q in before}
+    for q, messages in bodies.items():  # leave the broker as we found it
+        for message in messages:
+            redis.lrem(q, 1, json.dumps(message))
+    args = {q: [m["headers"]["argsrepr"] for m in messages] for q, messages in bodies.items()}
+    assert args[settings.SYNC_AGENT_QUEUE] == [f"('{sent['remote']}',)"]
+    assert f"('{sent['hosted']}',)" in args["celery"] and f"('{sent['remote']}',)" not in args["celery"]

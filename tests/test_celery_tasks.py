@@ -94,6 +94,7 @@ def worker(request, world, django_db_blocker, tmp_path_factory):
     command = [
         sys.executable, "-m", "celery", "-A", "rapidvalue", "worker", "--pool", "solo", "--concurrency", "1",
         "-l", "info", "-n", hostname, "--without-gossip", "--without-mingle",
+        "-Q", f"celery,{settings.SYNC_AGENT_QUEUE}",
     ]
     with log_path.open("w") as log_file:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)

@@ -255,6 +255,8 @@ class TestConnection:
         response = ConnectorDispatcher("ldap").test_connection(self.request(slapd))
         assert response.success, response.message
         assert response.details["paged_results"] is True and response.details["base_dn"] == SUFFIX
+        # The bind DN belongs to the write-only credentials: the answer never echoes it.
+        assert slapd.auth()["bind_dn"] not in response.model_dump_json()
 
     def test_wrong_password_fails_without_showing_any_password(self, slapd):
         wrong = "Wr0ng-Pa55word-xyz"

@@ -32,7 +32,7 @@ def start_worker(database_url: str, log_path) -> tuple[subprocess.Popen, str]:
            "DJANGO_SETTINGS_MODULE": "rapidvalue.settings", "RAPIDVALUE_ALLOW_PRIVATE_TARGETS": "1",
            "RAPIDVALUE_WEBHOOK_LEASE_SECONDS": str(LEASE), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "celery", "-A", "rapidvalue", "worker", "--pool", "solo", "-l", "info",
-               "-n", hostname, "--without-gossip", "--without-mingle"]
+               "-n", hostname, "--without-gossip", "--without-mingle", "-Q", f"celery,{settings.SYNC_AGENT_QUEUE}"]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

@@ -7,7 +7,6 @@ endpoints hold no business logic: enrollment, presence and jobs live in ``agents
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -215,10 +214,9 @@ class JobChunkView(JobEndpoint):
                                                for e in exc.errors()[:20]]}) from exc
         if chunk.record_count + len(chunk.record_errors) > settings.AGENT_CHUNK_MAX_RECORDS:
             raise ValidationError({"payload": [f"At most {settings.AGENT_CHUNK_MAX_RECORDS} records per chunk."]})
-        stored = jobs.store_chunk(self.agent, job_id, data["lease_id"], data["sequence"],
-                                  chunk.model_dump(mode="json", exclude_defaults=True))
-        return Response({"sequence": data["sequence"], "stored": stored,
-                         "lease_expires_at": timezone.now() + timedelta(seconds=settings.AGENT_LEASE_SECONDS)})
+        stored, job = jobs.store_chunk(self.agent, job_id, data["lease_id"], data["sequence"],
+                                       chunk.model_dump(mode="json", exclude_defaults=True))
+        return Response({"sequence": data["sequence"], "stored": stored, "lease_expires_at": job.leased_until})
 
 
 @extend_schema(tags=["agent"])

@@ -139,8 +139,6 @@ def register(*, code: str, host_tenant: Tenant | None, version: str = "", hostna
     tenant = Tenant.objects.filter(slug=slug.lower()).first()
     if tenant is None or (host_tenant is not None and host_tenant.pk != tenant.pk):
         raise EnrollmentRefused("This enrollment code is not valid.")
-    if tenant.is_suspended:
-        raise exceptions.PermissionDenied("This tenant is suspended.", code="tenant_suspended")
     with tenant_context(tenant), transaction.atomic():
         row = (EnrollmentCode.objects.select_for_update().select_related("agent")
                .filter(code_hash=_hash(code)).first())
@@ -154,6 +152,9 @@ def register(*, code: str, host_tenant: Tenant | None, version: str = "", hostna
         agent = row.agent
         if agent.revoked_at is not None:
             raise EnrollmentRefused("This agent has been revoked.", code="agent_revoked")
+        # Only a holder of a valid code learns that the tenant is suspended (the code stays unused).
+        if tenant.is_suspended:
+            raise exceptions.PermissionDenied("This tenant is suspended.", code="tenant_suspended")
         row.used_at = now
         row.save(update_fields=["used_at"])
         for token in ApiToken.objects.filter(kind=ApiToken.Kind.AGENT, agent_id=agent.pk, revoked_at__isnull=True):
@@ -170,12 +171,17 @@ def register(*, code: str, host_tenant: Tenant | None, version: str = "", hostna
 
 @transaction.atomic
 def rotate_token(*, tenant: Tenant, agent: Agent, current_token_id: uuid.UUID) -> str:
-    """A new token for the agent; the one it used stops working at once."""
+    """A new token for the agent; the one it used stops working at once.
+
+    The current token is locked first: two rotations racing with one token give one new token, and
+    the loser (or a rotation racing a revocation) is refused rather than minting a second one.
+    """
+    current = ApiToken.objects.select_for_update().filter(pk=current_token_id, revoked_at__isnull=True).first()
+    if current is None or Agent.objects.filter(pk=agent.pk, revoked_at__isnull=False).exists():
+        raise exceptions.AuthenticationFailed("This token has been revoked or rotated already.", code="token_revoked")
     issued = create_api_token(tenant=tenant, name=f"agent:{agent.name}", kind=ApiToken.Kind.AGENT,
                               agent_id=agent.pk, created_by=f"rotation:{agent.name}")
-    current = ApiToken.objects.filter(pk=current_token_id).first()
-    if current is not None:
-        revoke_api_token(current)
+    revoke_api_token(current)
     audit.record("agent.token_rotate", "agent", agent.pk)
     return issued.raw
 

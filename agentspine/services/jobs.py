@@ -8,7 +8,10 @@ Invariants:
 - a lease that is not renewed (chunk uploads, ``/lease``, heartbeats) expires and the job is
   handed out again with ``attempt + 1``; chunks of earlier attempts are discarded, so a result
   is assembled from one attempt only and nothing is counted twice;
-- chunks are idempotent by ``(job, attempt, sequence)``: re-sending one changes nothing.
+- chunks are idempotent by ``(job, attempt, sequence)``: re-sending one changes nothing;
+- a revoked agent gets no job: enqueue and claim both lock or re-read the agent row, which
+  revocation updates, so a long poll already in flight cannot lease a job after the revocation;
+- a job whose lease expired ``AGENT_MAX_ATTEMPTS`` times fails instead of going round forever.
 
 Wake-ups go through a Redis list per agent (``BLPOP``); the database stays the truth, so a lost
 wake-up only delays a claim until the next poll interval.
@@ -24,6 +27,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from connectors.base import ConnectorError
 from connectors.models import ConnectorInstance, SyncRun
 from rapidvalue.api.errors import Conflict
 from rapidvalue.audit import services as audit
@@ -33,6 +37,12 @@ from ..models import Agent, AgentJob, AgentJobChunk
 
 POLL_SLICE_SECONDS = 5  # a claim is retried at least this often while a long poll waits
 CHUNK_KEYS = ("identities", "accounts", "entitlements", "grants", "record_errors")
+
+
+class AgentUnavailable(ConnectorError):
+    """The connector's agent is revoked or gone: nothing can be sent to it (not worth retrying)."""
+
+    transient = False
 
 
 class LeaseLost(Conflict):
@@ -58,8 +68,13 @@ def _wake(key: str) -> None:
 
 def enqueue(*, agent_id, connector: ConnectorInstance, kind: str, request: dict[str, Any],
             sync_run: SyncRun | None = None) -> AgentJob:
-    """A job for the agent; it is woken once the job is committed."""
+    """A job for the agent; it is woken once the job is committed. Refused for a revoked agent."""
     with transaction.atomic():
+        # Locks the agent row against a concurrent revocation (which updates it and fails open jobs).
+        agent = Agent.objects.select_for_update().filter(pk=agent_id).first()
+        if agent is None or agent.revoked_at is not None:
+            raise AgentUnavailable(f"agent {agent.name if agent else agent_id} has been revoked or removed; "
+                                   "assign the connector to another agent")
         job = AgentJob.objects.create(agent_id=agent_id, connector=connector, kind=kind, request=request,
                                       sync_run=sync_run)
         audit.record("agent_job.create", "agent_job", job.pk,
@@ -70,23 +85,46 @@ def enqueue(*, agent_id, connector: ConnectorInstance, kind: str, request: dict[
 
 
 def claim_next(agent: Agent) -> AgentJob | None:
-    """Lease the agent's oldest open job: queued, or leased with an expired lease (requeued)."""
-    now = timezone.now()
-    with transaction.atomic():
-        job = (AgentJob.objects.select_for_update(skip_locked=True)
-               .filter(agent=agent, status__in=AgentJob.OPEN)
-               .exclude(status=AgentJob.Status.LEASED, leased_until__gte=now)
-               .order_by("created_at", "id").first())
-        if job is None:
-            return None
-        requeued = job.status == AgentJob.Status.LEASED
-        job.status, job.attempt, job.lease_id = AgentJob.Status.LEASED, job.attempt + 1, uuid.uuid4()
-        job.leased_at, job.leased_until = now, now + timedelta(seconds=settings.AGENT_LEASE_SECONDS)
-        job.save(update_fields=["status", "attempt", "lease_id", "leased_at", "leased_until"])
-        AgentJobChunk.objects.filter(job=job, attempt__lt=job.attempt).delete()
-        audit.record("agent_job.lease", "agent_job", job.pk,
-                     after={"attempt": job.attempt, "requeued_after_expiry": requeued})
-    return job
+    """Lease the agent's oldest open job: queued, or leased with an expired lease (requeued).
+
+    A job whose lease already expired ``AGENT_MAX_ATTEMPTS`` times fails here instead: an agent
+    that dies on it every time (a crash, an oversized result) must not hold it forever.
+    """
+    while True:
+        now = timezone.now()
+        with transaction.atomic():
+            # A revocation committed meanwhile is seen here; one still in progress fails this job
+            # once our lease commits (it locks the agent's open jobs), so the lease dies with it.
+            if not Agent.objects.filter(pk=agent.pk, revoked_at__isnull=True).exists():
+                return None
+            job = (AgentJob.objects.select_for_update(skip_locked=True)
+                   .filter(agent=agent, status__in=AgentJob.OPEN)
+                   .exclude(status=AgentJob.Status.LEASED, leased_until__gte=now)
+                   .order_by("created_at", "id").first())
+            if job is None:
+                return None
+            requeued = job.status == AgentJob.Status.LEASED
+            if requeued and job.attempt >= settings.AGENT_MAX_ATTEMPTS:
+                _give_up(job, f"the agent did not finish this job in {job.attempt} attempts "
+                              "(each lease expired); see the agent's log")
+                continue
+            job.status, job.attempt, job.lease_id = AgentJob.Status.LEASED, job.attempt + 1, uuid.uuid4()
+            job.leased_at, job.leased_until = now, now + timedelta(seconds=settings.AGENT_LEASE_SECONDS)
+            job.save(update_fields=["status", "attempt", "lease_id", "leased_at", "leased_until"])
+            AgentJobChunk.objects.filter(job=job, attempt__lt=job.attempt).delete()
+            audit.record("agent_job.lease", "agent_job", job.pk,
+                         after={"attempt": job.attempt, "requeued_after_expiry": requeued})
+        return job
+
+
+def _give_up(job: AgentJob, error: str) -> None:
+    job.status, job.error, job.finished_at = AgentJob.Status.FAILED, error, timezone.now()
+    job.lease_id, job.leased_until = None, None
+    job.save(update_fields=["status", "error", "finished_at", "lease_id", "leased_until"])
+    AgentJobChunk.objects.filter(job=job).delete()
+    audit.record("agent_job.fail", "agent_job", job.pk, after={"attempt": job.attempt, "error": error})
+    key = _done_key(job.pk)
+    transaction.on_commit(lambda: _wake(key))
 
 
 def wait_for_next(agent: Agent, wait_seconds: float) -> AgentJob | None:
@@ -128,8 +166,8 @@ def extend_lease(agent: Agent, job_id, lease_id) -> AgentJob:
 
 
 @transaction.atomic
-def store_chunk(agent: Agent, job_id, lease_id, sequence: int, payload: dict[str, Any]) -> bool:
-    """Store one chunk of the result; False when this sequence number was already stored."""
+def store_chunk(agent: Agent, job_id, lease_id, sequence: int, payload: dict[str, Any]) -> tuple[bool, AgentJob]:
+    """Store one chunk of the result (False when this sequence number was already stored), renewing the lease."""
     job = _leased(agent, job_id, lease_id)
     # The job row is locked (``_leased``), so uploads of one job are serialised: check, then insert.
     stored = not AgentJobChunk.objects.filter(job=job, attempt=job.attempt, sequence=sequence).exists()
@@ -139,7 +177,7 @@ def store_chunk(agent: Agent, job_id, lease_id, sequence: int, payload: dict[str
                                      payload=payload)
     _extend(job)
     job.save(update_fields=["leased_until"])
-    return stored
+    return stored, job
 
 
 def _check_result(kind: str, result: dict[str, Any]) -> None:

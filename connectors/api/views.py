@@ -35,6 +35,8 @@ class ConnectorViewSet(PlatformModelViewSet):
     filterset_fields = ["type", "mode", "enabled", "authoritative"]
     lookup_value_regex = UUID_RE
     secret_response_fields = ("callback_secret",)
+    # An agent-mode test is a job the agent must see committed while this request waits for it.
+    non_transactional_actions = ("test",)
 
     def perform_create(self, serializer):
         serializer.instance = services.create_connector(**serializer.validated_data)
@@ -53,6 +55,7 @@ class ConnectorViewSet(PlatformModelViewSet):
     @extend_schema(request=None, responses={200: TestResultSerializer})
     @action(detail=True, methods=["post"])
     def test(self, request, pk=None):
+        """Try the connection now (through the agent for agent-mode connectors: up to 30 s)."""
         return Response(services.test_connection(self.get_object()).model_dump())
 
     @extend_schema(request=SyncStartSerializer, responses={202: SyncStartedSerializer})

@@ -77,6 +77,11 @@ class CsvConnector(Connector):
             if not isinstance(mapping, dict) or unknown:
                 raise ConfigurationError(f"config.{name}.mapping has unknown fields: {sorted(unknown)}")
 
+    @classmethod
+    def local_only_paths(cls, config: dict) -> list[tuple[str, ...]]:
+        """Which files are read is the agent's decision: every section's ``path``."""
+        return [(name, "path") for name in SECTIONS]
+
     def test_connection(self, request: TestConnectionRequest) -> TestConnectionResponse:
         try:
             self.validate_config(request.config, request.auth_config)

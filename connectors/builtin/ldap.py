@@ -621,6 +621,7 @@ def close_all_sessions() -> None:
 @register
 class LdapConnector(Connector):
     type = "ldap"
+    local_only_config = ("url", "start_tls", "tls_verify", "ca_certs_file")
     capabilities: ClassVar[Capabilities] = Capabilities(
         sync_identities=True, sync_accounts=True, sync_entitlements=True, sync_grants=True, incremental=True,
         paging=True, authoritative=False,
@@ -680,7 +681,8 @@ class LdapConnector(Connector):
             if code != RC_SUCCESS or not conn.response:
                 return TestConnectionResponse(
                     success=False, message=f"cannot read base_dn {settings.base_dn}: {_describe(conn.result)}")
-            details: dict[str, Any] = {"bind_dn": settings.bind_dn, "base_dn": settings.base_dn}
+            # The bind DN is part of the write-only credentials (and, on an agent, never leaves the premises).
+            details: dict[str, Any] = {"base_dn": settings.base_dn}
             conn.search("", "(objectClass=*)", BASE, attributes=["supportedControl", "vendorName", "vendorVersion"])
             if conn.result.get("result") == RC_SUCCESS and conn.response:
                 root = conn.response[0]
@@ -688,7 +690,7 @@ class LdapConnector(Connector):
                 vendor = " ".join(_values(root, "vendorName") + _values(root, "vendorVersion"))
                 if vendor:
                     details["vendor"] = vendor
-            return TestConnectionResponse(success=True, message=f"bound as {settings.bind_dn}; base_dn readable",
+            return TestConnectionResponse(success=True, message="bound with the configured credentials; base_dn readable",
                                           details=details)
         except LDAPException as exc:
             return TestConnectionResponse(success=False, message=_scrub(f"LDAP error: {exc}", settings.password))

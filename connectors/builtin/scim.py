@@ -588,6 +588,7 @@ def _and(*filters: str | None) -> str | None:
 @register
 class ScimConnector(Connector):
     type = "scim"
+    local_only_config = ("base_url", "allow_http", "ca_certs_file")
     capabilities: ClassVar[Capabilities] = Capabilities(
         sync_identities=True, sync_accounts=True, sync_entitlements=True, sync_grants=True, incremental=True,
         paging=True, operations=list(OperationKind),

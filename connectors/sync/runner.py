@@ -8,17 +8,23 @@ A hosted connector fetches chunk N+1 in a background thread while chunk N is mer
 merge mostly waits on PostgreSQL (the GIL is released), so on two cores reading the source and
 writing the database overlap instead of adding up. Memory holds at most two chunks. An agent-mode
 connector's pages are agent jobs, fetched in the run's own thread (see ``fetch``).
+
+A run whose agent is offline when it is due is not started: it stays queued with the reason in
+``status_detail`` and :func:`execute` answers ``DEFERRED`` (the task looks again later), so a
+missing agent never holds a worker; it fails after ``SYNC_AGENT_MAX_WAIT_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from connectors.base import SyncCancelled
+from connectors.base import ConnectorError, SyncCancelled
 from connectors.models import SyncRecordError, SyncRun
 from connectors.protocol.v1 import SyncRequest
 from rapidvalue.audit import services as audit
@@ -26,6 +32,7 @@ from rapidvalue.audit import services as audit
 from . import callbacks, engine
 
 logger = logging.getLogger("rapidvalue.sync")
+DEFERRED = "deferred"
 
 
 def _claim(run_id) -> SyncRun | None:
@@ -41,8 +48,38 @@ def _finish(run: SyncRun, status: str, error: str = "") -> None:
     callbacks.send_progress(run, final=True)
 
 
+def _not_ready(run_id) -> str | None:
+    """DEFERRED (or FAILED) when the run's agent cannot take its jobs now; None when the run can start."""
+    from connectors.services import dispatcher_for
+
+    run = SyncRun.objects.select_related("connector").filter(pk=run_id, status=SyncRun.Status.QUEUED).first()
+    if run is None or run.connector.mode != run.connector.Mode.AGENT:
+        return None
+    try:
+        reason = dispatcher_for(run.connector, run).waiting_reason()
+        if reason is not None and run.created_at < timezone.now() - timedelta(
+                seconds=settings.SYNC_AGENT_MAX_WAIT_SECONDS):
+            raise ConnectorError(f"gave up after {settings.SYNC_AGENT_MAX_WAIT_SECONDS} s: {reason}")
+    except ConnectorError as exc:
+        claimed = _claim(run_id)
+        if claimed is None:
+            return None
+        _finish(claimed, SyncRun.Status.FAILED, str(exc))
+        return claimed.status
+    if reason is None:
+        return None
+    SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.QUEUED).update(status_detail=reason[:500])
+    return DEFERRED
+
+
 def execute(run_id) -> str:
-    """Run a queued sync to the end (or failure, or cancellation); returns the final status."""
+    """Run a queued sync to the end (or failure, or cancellation); returns the final status.
+
+    Returns DEFERRED, leaving the run queued, when its agent is offline: call again later.
+    """
+    waiting = _not_ready(run_id)
+    if waiting is not None:
+        return waiting
     run = _claim(run_id)
     if run is None:
         return "skipped"

@@ -31,10 +31,19 @@ class PlatformViewMixin:
 
     #: Set False on views whose failure path must still write (login records failed attempts).
     transactional_writes = True
+    #: Viewset actions that must commit as they go, e.g. because they wait for another process to
+    #: act on what they wrote (an agent job); their services own their transactions.
+    non_transactional_actions: tuple[str, ...] = ()
     owns_transaction = False
 
+    def _transactional(self, request) -> bool:
+        if request.method not in idempotency.UNSAFE_METHODS or not self.transactional_writes:
+            return False
+        action = getattr(self, "action_map", {}).get(request.method.lower())
+        return action not in self.non_transactional_actions
+
     def dispatch(self, request, *args, **kwargs):
-        if request.method in idempotency.UNSAFE_METHODS and self.transactional_writes:
+        if self._transactional(request):
             with transaction.atomic():
                 self.owns_transaction = True
                 return super().dispatch(request, *args, **kwargs)
@@ -44,11 +53,7 @@ class PlatformViewMixin:
         super().initial(request, *args, **kwargs)
         self._idempotency_claim = None
         principal = request.user
-        if (
-            request.method in idempotency.UNSAFE_METHODS
-            and self.transactional_writes
-            and getattr(principal, "is_authenticated", False)
-        ):
+        if self._transactional(request) and getattr(principal, "is_authenticated", False):
             outcome = idempotency.claim_or_replay(request._request, principal)
             if isinstance(outcome, Response):
                 raise _Replay(outcome)
