@@ -498,3 +498,17 @@ def test_agent_mode_sync_runs_go_to_their_own_queue(api, world, settings, django
     args = {q: [m["headers"]["argsrepr"] for m in messages] for q, messages in bodies.items()}
     assert args[settings.SYNC_AGENT_QUEUE] == [f"('{sent['remote']}',)"]
     assert f"('{sent['hosted']}',)" in args["celery"] and f"('{sent['remote']}',)" not in args["celery"]
+
+
+def test_registration_reveals_a_suspended_tenant_only_to_a_valid_code(api, world):
+    agent = _agent(api("acme", "admin"))
+    world.acme.tenant.status = "suspended"
+    world.acme.tenant.save(update_fields=["status"])
+    try:
+        assert_error(_register("acme.guessed-code"), 401, "enrollment_code_invalid")
+        assert_error(_register(agent["enrollment_code"]), 403, "tenant_suspended")
+    finally:
+        world.acme.tenant.status = "active"
+        world.acme.tenant.save(update_fields=["status"])
+    # Refused while suspended, the code was not used up.
+    assert _register(agent["enrollment_code"]).status_code == 201

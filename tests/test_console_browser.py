@@ -145,3 +145,36 @@ def test_a_tenant_admin_cannot_open_the_control_plane_page(console, page, world)
     page.click("input[type=submit]")
     page.wait_for_load_state()
     assert "/admin/login/" in page.url and "acme-dc1" not in page.content()
+
+
+def test_a_new_agents_enrollment_code_is_shown_once_on_a_page_of_its_own(console, page, world, django_db_blocker):
+    import httpx
+
+    base = f"http://{world.acme.domain}:{console.port}"
+    _sign_in(page, base, "admin@acme.test")
+    try:
+        page.goto(f"{base}/admin/agentspine/agent/add/")
+        page.fill("#id_name", "console-made")
+        with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/agent/add/")) as added:
+            page.click("input[name=_save]")
+        assert added.value.status == 200 and "no-store" in added.value.headers["cache-control"]
+        code = page.locator("#enrollment-code").inner_text().strip()
+        assert code.startswith("acme.")
+        # Not in a message either: Django's default message storage is a cookie.
+        assert all(code not in c["value"] for c in page.context.cookies())
+        page.goto(f"{base}/admin/agentspine/agent/")
+        assert code not in page.content()
+        # (Chromium resolves *.localhost itself; httpx goes to loopback with the tenant's Host.)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{console.port}",
+                           headers={"Host": f"{world.acme.domain}:{console.port}"})
+        registered = api.post("/api/v1/agent/register", json={"code": code, "hostname": "console-test"})
+        assert registered.status_code == 201, registered.text
+        assert api.post("/api/v1/agent/register", json={"code": code}).status_code == 401  # once only
+    finally:
+        with django_db_blocker.unblock(), tenant_context(world.acme.tenant):
+            from rapidvalue.authn.models import ApiToken
+
+            made = list(Agent.objects.filter(name="console-made").values_list("pk", flat=True))
+            ApiToken.objects.filter(agent_id__in=made).delete()
+            Agent.objects.filter(pk__in=made).delete()
+        connection.set_schema_to_public()
