@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -129,10 +130,14 @@ def start_sync(connector: ConnectorInstance, *, incremental: bool = False, max_r
         raise Conflict("This connector's agent has been revoked or removed; assign it to another agent.",
                        code="agent_unavailable")
     callback_secret = secrets.token_urlsafe(24) if callback_url else None
-    # A run whose worker died (no heartbeat for STALE_AFTER) no longer blocks the connector.
-    stale = timezone.now() - STALE_AFTER
-    SyncRun.objects.filter(connector=connector, status=SyncRun.Status.RUNNING, heartbeat_at__lt=stale).update(
-        status=SyncRun.Status.FAILED, error="worker lost: no progress", finished_at=timezone.now())
+    # A run whose worker died (no heartbeat for STALE_AFTER) no longer blocks the connector, nor does
+    # one queued for longer than any deferral lasts (its task message was lost, e.g. with the broker).
+    now = timezone.now()
+    SyncRun.objects.filter(connector=connector, status=SyncRun.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER
+                           ).update(status=SyncRun.Status.FAILED, error="worker lost: no progress", finished_at=now)
+    never_started = now - STALE_AFTER - timedelta(seconds=settings.SYNC_AGENT_MAX_WAIT_SECONDS)
+    SyncRun.objects.filter(connector=connector, status=SyncRun.Status.QUEUED, created_at__lt=never_started).update(
+        status=SyncRun.Status.FAILED, error="never started: its task was lost", finished_at=now)
     try:
         with transaction.atomic():
             run = SyncRun.objects.create(

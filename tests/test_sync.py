@@ -218,6 +218,31 @@ def test_two_runs_of_one_connector_never_overlap_and_cancel(api, world, hr):
     assert_error(client.post(f"/api/v1/connectors/{hr['id']}/sync-runs/{first.body['id']}/cancel"), 409)
 
 
+@pytest.mark.parametrize(("status", "column", "minutes", "error"), [
+    ("running", "heartbeat_at", 16, "worker lost: no progress"),
+    ("queued", "created_at", 60 + 16, "never started: its task was lost"),
+])
+def test_stuck_runs_stop_blocking_their_connector(api, world, hr, settings, status, column, minutes, error):
+    """A running run without a heartbeat (its worker died) and a queued run older than any deferral
+    (its task message was lost) are failed by the next start, which then goes ahead."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    client = api("acme", "admin")
+    settings.SYNC_AGENT_MAX_WAIT_SECONDS = 3600
+    started = client.post(f"/api/v1/connectors/{hr['id']}/sync", {})
+    assert started.status_code == 202
+    run = SyncRun.objects.filter(pk=started.body["id"])
+    acme(world, lambda: run.update(status=status, **{column: timezone.now() - timedelta(minutes=minutes - 2)}))
+    assert_error(client.post(f"/api/v1/connectors/{hr['id']}/sync", {}), 409, "sync_in_progress")  # not yet
+    acme(world, lambda: run.update(**{column: timezone.now() - timedelta(minutes=minutes)}))
+    again = client.post(f"/api/v1/connectors/{hr['id']}/sync", {})
+    assert again.status_code == 202, again.body
+    old = acme(world, lambda: SyncRun.objects.get(pk=started.body["id"]))
+    assert (old.status, old.error) == ("failed", error)
+
+
 def test_identities_sync_triggers_the_authoritative_sources(api, world, hr):
     api("acme", "admin").post("/api/v1/connectors", {"name": "Directory", "type": "synthetic",
                                                       "config": {"people": 3}})
