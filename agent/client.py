@@ -58,7 +58,7 @@ class Client:
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
                 timeout: float | None = None, retry: bool = True) -> httpx.Response:
-        """One call; retried on network errors and 5xx until it works or the agent stops."""
+        """One call; retried on network errors, 5xx and 429 (after Retry-After) until it works or the agent stops."""
         delay = 1.0
         reloaded = False
         while True:
@@ -69,20 +69,30 @@ class Client:
                 if response.status_code == 401 and not reloaded and self._reload_token():
                     reloaded = True
                     continue
-                if response.status_code < 500:
+                throttled = response.status_code == 429
+                if response.status_code < 500 and not throttled:
                     if response.status_code >= 400:
                         raise ServerRefused(response.status_code, _body(response))
                     return response
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
-                problem = f"{exc.__class__.__name__}: {exc}"
+                problem, throttled = f"{exc.__class__.__name__}: {exc}", False
             if not retry or self.stop.is_set():
                 raise Stopped(problem)
             wait = min(self.max_backoff, delay) * random.uniform(0.7, 1.3)  # noqa: S311 - jitter, not crypto
+            if throttled:  # rate-limited: not a refusal; wait as long as the server asks (within reason)
+                wait = max(wait, min(_retry_after(response), self.max_backoff * 4))
             log.warning("server.unreachable", path=path, problem=problem, retry_in=round(wait, 2))
             if self.stop.wait(wait):
                 raise Stopped(problem)
             delay = min(self.max_backoff, delay * 2)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
 
 
 def _no_source() -> None:

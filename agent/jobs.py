@@ -109,8 +109,9 @@ def report_failure(client: Client, job: dict[str, Any], message: str) -> bool:
 def execute(client: Client, config: AgentConfig, job: dict[str, Any], stop: threading.Event) -> str:
     """Run the job and report it: chunks, then complete (or fail). Returns the outcome for the log.
 
-    Outcomes: ``complete``, ``failed`` (reported to the server), ``abandoned`` (the server took the
-    lease back). A result the server refuses (400, 413) is reported as the job's failure.
+    Outcomes: ``complete``, ``failed`` (reported to the server), ``unreported`` (failed, but the
+    server could not be told: a shutdown hands it back), ``abandoned`` (the server took the lease
+    back). A result the server refuses (400, 413) is reported as the job's failure.
     """
     job_id, lease_id = job["id"], job["lease"]["id"]
     base = f"/api/v1/agent/jobs/{job_id}"
@@ -119,8 +120,7 @@ def execute(client: Client, config: AgentConfig, job: dict[str, Any], stop: thre
     except (ConnectorError, ValueError) as exc:
         message = f"{exc.__class__.__name__}: {exc}"
         log.warning("job.connector_error", job=job_id, error=message)
-        report_failure(client, job, message)
-        return "failed"
+        return "failed" if report_failure(client, job, message) else "unreported"
     try:
         sequence = 0
         for chunk in chunks_of(result, config.upload_chunk_records):
@@ -141,6 +141,5 @@ def execute(client: Client, config: AgentConfig, job: dict[str, Any], stop: thre
         if exc.status in (400, 413, 422):
             # The result itself is refused: sending it again would be refused again.
             log.warning("job.result_refused", job=job_id, error=str(exc))
-            report_failure(client, job, f"the server refused the result: {exc}")
-            return "failed"
+            return "failed" if report_failure(client, job, f"the server refused the result: {exc}") else "unreported"
         raise

@@ -35,6 +35,7 @@ class AgentRuntime:
         self.heartbeat_seconds = 30.0
         self.current: dict[str, Any] | None = None
         self._polling = False
+        self._given_up = threading.Event()  # the server no longer holds the job in hand for us
         self.fatal: str | None = None
 
     def _token_on_disk(self) -> str | None:
@@ -53,6 +54,10 @@ class AgentRuntime:
                 "running_jobs": [self.current["id"]] if self.current else []}
         ack = self.client.request("POST", "/api/v1/agent/heartbeat", json=body, retry=False).json()
         self.heartbeat_seconds = float(ack.get("heartbeat_seconds", self.heartbeat_seconds))
+        current = self.current
+        if current is not None and current["id"] in (ack.get("released_jobs") or []):
+            log.warning("job.released_by_server", job=current["id"])
+            self._given_up.set()
 
     def _heartbeats(self) -> None:
         while not self.stop.is_set():
@@ -139,14 +144,21 @@ class AgentRuntime:
                 reported = jobs.report_failure(self.client, job, f"the agent crashed on this job: {message}")
                 outcome["result"] = "failed" if reported else "crashed"
 
+        self._given_up.clear()
         worker = threading.Thread(target=work, name=f"job-{job['id']}", daemon=True)
         worker.start()
         while worker.is_alive():
             worker.join(timeout=0.2)
+            if self._given_up.is_set() and worker.is_alive():
+                # The server cancelled it (e.g. its caller timed out) while the connector hangs: leave
+                # the thread behind (its uploads will be refused) and take new work.
+                outcome["result"] = "abandoned"
+                break
             if self.stop.is_set() and worker.is_alive():
                 worker.join(timeout=self.config.shutdown_grace_seconds)
                 break
-        if worker.is_alive() or (self.stop.is_set() and outcome.get("result") not in FINISHED):
+        given_up = outcome.get("result") == "abandoned"
+        if not given_up and (worker.is_alive() or (self.stop.is_set() and outcome.get("result") not in FINISHED)):
             # Still running after the grace period, or cut short by the shutdown: hand it back so
             # another run of the agent takes it at once instead of after the lease expires.
             self._hand_back(job)
@@ -154,10 +166,13 @@ class AgentRuntime:
         self.current = None
 
     def _hand_back(self, job: dict[str, Any]) -> None:
+        # A client of its own: the main one is stopping (it gives up retries once stop is set).
+        client = Client(self.client.base_url, self.client.token, verify=self.config.verify_tls)
         try:
-            Client(self.client.base_url, self.client.token, verify=self.config.verify_tls).request(
-                "POST", f"/api/v1/agent/jobs/{job['id']}/release", json={"lease_id": job["lease"]["id"]},
-                retry=False)
+            client.request("POST", f"/api/v1/agent/jobs/{job['id']}/release", json={"lease_id": job["lease"]["id"]},
+                           retry=False)
             log.info("job.released", job=job["id"])
         except (ServerRefused, Stopped) as exc:
             log.warning("job.release_failed", job=job["id"], error=str(exc))
+        finally:
+            client.close()

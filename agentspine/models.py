@@ -95,6 +95,8 @@ class AgentJob(models.Model):
     request = models.JSONField(help_text="The protocol request, without credentials (the agent holds those).")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     attempt = models.PositiveIntegerField(default=0, help_text="Leases handed out so far.")
+    expired_leases = models.PositiveIntegerField(
+        default=0, help_text="Leases that ran out (the agent died or hung); hand-backs do not count.")
     lease_id = models.UUIDField(null=True, blank=True)
     leased_until = models.DateTimeField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True, help_text="The response, without the chunked record lists.")

@@ -142,13 +142,25 @@ class AgentProxyConnector:
             agent = Agent.objects.filter(pk=job.agent_id).first()
             remaining = deadline - time.monotonic()
             gone = agent is None or agent.revoked_at is not None
-            if gone or remaining <= 0:
-                reason = (f"agent '{agent.name if agent else job.agent_id}' has been revoked" if gone
-                          else f"no result within {int(timeout)} s; {_describe(job, agent)}")
+            # An agent that went away mid-run: the run fails (deleting nothing) and frees its worker
+            # rather than holding it for the whole job timeout; the next run starts when it is back.
+            absent = (not gone and job.status == AgentJob.Status.QUEUED and not agent.online
+                      and (timezone.now() - job.created_at).total_seconds() > settings.SYNC_AGENT_OFFLINE_GRACE_SECONDS)
+            if gone or absent or remaining <= 0:
+                if gone:
+                    reason = f"agent '{agent.name if agent else job.agent_id}' has been revoked"
+                elif absent:
+                    reason = (f"gave up after {settings.SYNC_AGENT_OFFLINE_GRACE_SECONDS} s: {_describe(job, agent)}")
+                else:
+                    reason = f"no result within {int(timeout)} s; {_describe(job, agent)}"
                 jobs.cancel(job, reason)
                 job.refresh_from_db()
                 if job.status == AgentJob.Status.SUCCEEDED:  # it finished just before we gave up
                     return self._collect(job)
+                if job.status == AgentJob.Status.FAILED:  # ... or failed: the agent's reason is the better one
+                    job.error = f"agent job failed: {job.error}" if job.error else "agent job failed"
+                    self._note("")
+                    return None
                 job.error = reason
                 self._note("")
                 return None

@@ -71,6 +71,33 @@ class Connector(ABC):
         return [(key,) for key in cls.local_only_config]
 
 
+def _has(config: dict, path: tuple[str, ...]) -> bool:
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return False
+        config = config[key]
+    return True
+
+
+def local_only_set(connector_type: str, config: dict) -> list[str]:
+    """The local-only keys (dotted) present in a server-side config: an agent would refuse its jobs."""
+    cls = connector_class(connector_type)
+    return [".".join(path) for path in cls.local_only_paths(config) if _has(config, path)]
+
+
+def without_local_only(connector_type: str, config: dict) -> dict:
+    """The config minus its local-only keys: what stays on the server when a connector moves to an agent."""
+    cls = connector_class(connector_type)
+    result = {key: (dict(value) if isinstance(value, dict) else value) for key, value in config.items()}
+    for path in cls.local_only_paths(config):
+        parent = result
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return result
+
+
 _registry: dict[str, type[Connector]] = {}
 
 

@@ -16,7 +16,7 @@ from rapidvalue import crypto, outbound
 from rapidvalue.api.errors import Conflict
 from rapidvalue.audit import services as audit
 
-from .base import ConfigurationError
+from .base import ConfigurationError, connector_types, local_only_set, without_local_only
 from .dispatcher import ConnectorDispatcher, agent_exists, agent_proxy_for
 from .models import ConnectorInstance, SyncRun
 from .protocol.v1 import TestConnectionRequest, TestConnectionResponse
@@ -34,6 +34,12 @@ def _validate(connector_type: str, mode: str, config: dict, auth_config: dict) -
     if mode == ConnectorInstance.Mode.AGENT and auth_config:
         raise InvalidConnectorConfig("An agent-mode connector keeps its credentials in the agent's local config; "
                                      "send no auth_config.")
+    if mode == ConnectorInstance.Mode.AGENT and connector_type in connector_types():
+        local_only = local_only_set(connector_type, config)
+        if local_only:
+            raise InvalidConnectorConfig(
+                f"An agent-mode connector takes {', '.join(local_only)} only from the agent's local config "
+                "(where its credentials go is decided on premises): remove them here.")
     try:
         dispatcher = ConnectorDispatcher(connector_type, mode="hosted")
         if mode == "hosted":
@@ -85,9 +91,13 @@ def update_connector(connector: ConnectorInstance, *, auth_config: dict | None =
     import json
 
     before = audit.snapshot(connector)
+    moving_to_agent = (changes.get("mode") == ConnectorInstance.Mode.AGENT
+                       and connector.mode != ConnectorInstance.Mode.AGENT and "config" not in changes)
     for name in EDITABLE:
         if name in changes:
             setattr(connector, name, changes[name])
+    if moving_to_agent:  # like its credentials, its connection targets now live in the agent's config
+        connector.config = without_local_only(connector.type, connector.config)
     effective_auth = auth_config if auth_config is not None else auth_config_of(connector)
     _validate(connector.type, connector.mode, connector.config, effective_auth)
     if auth_config is not None:

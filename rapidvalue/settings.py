@@ -77,6 +77,9 @@ SYNC_AGENT_QUEUE = os.environ.get("RAPIDVALUE_SYNC_AGENT_QUEUE", "agent-syncs")
 # this many seconds (still queued, its status_detail says why), and fails after SYNC_AGENT_MAX_WAIT.
 SYNC_AGENT_RECHECK_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_RECHECK_SECONDS", "30"))
 SYNC_AGENT_MAX_WAIT_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_MAX_WAIT_SECONDS", str(24 * 3600)))
+# A page queued for an agent that went offline mid-run: the run fails after this (nothing deleted)
+# instead of holding its worker for the whole AGENT_JOB_TIMEOUT_SECONDS.
+SYNC_AGENT_OFFLINE_GRACE_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_OFFLINE_GRACE_SECONDS", "600"))
 
 # Outbound HTTP to loopback/private ranges is refused unless this is set (dev and on-prem tests).
 ALLOW_PRIVATE_TARGETS = env_bool("RAPIDVALUE_ALLOW_PRIVATE_TARGETS", False)

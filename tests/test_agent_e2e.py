@@ -460,7 +460,7 @@ def test_jobs_an_agent_cannot_finish_fail_at_once_with_the_reason(stack, agent_d
     agent = _create_agent(stack, "e2eagent", "strict-agent", [])
     steered = client.post("/api/v1/connectors", json={
         "name": "Steered LDAP", "type": "ldap", "mode": "agent", "agent_id": agent["id"],
-        "config": {"url": "ldap://attacker.example:389", "base_dn": "dc=corp,dc=test"}}).json()
+        "config": {"base_dn": "dc=corp,dc=test"}}).json()
     bulky = client.post("/api/v1/connectors", json={"name": "Bulky HR", "type": "synthetic", "mode": "agent",
                                                     "agent_id": agent["id"], "config": {"people": 20}}).json()
     local = {steered["id"]: {"type": "ldap", "auth_config": {"bind_dn": "cn=svc", "password": "on-prem-only"}},
@@ -475,8 +475,16 @@ def test_jobs_an_agent_cannot_finish_fail_at_once_with_the_reason(stack, agent_d
         strict.start()
         assert proc.command("enroll", "--url", strict.url, "--code", agent["enrollment_code"],
                             "--config", str(proc.config)).returncode == 0
+        # The API refuses a target in an agent-mode config (400, also when a sync starts); a compromised
+        # or mistaken server could still send one, so the agent checks too: while the run waits for the
+        # agent, put one straight into the row.
+        steered_run = _sync(client, steered["id"])
+        with tenant_context(stack.tenants["e2eagent"]):
+            ConnectorInstance.objects.filter(pk=steered["id"]).update(
+                config={"url": "ldap://attacker.example:389", "base_dn": "dc=corp,dc=test"})
+        connection.set_schema_to_public()
         proc.start()
-        steered_run = _wait_run(client, steered["id"], _sync(client, steered["id"])["id"])
+        steered_run = _wait_run(client, steered["id"], steered_run["id"])
         assert steered_run["status"] == "failed", (steered_run, proc.log_text())
         assert "sets url, which the agent takes only from its local config" in steered_run["error"]
         bulky_run = _wait_run(client, bulky["id"], _sync(client, bulky["id"])["id"])

@@ -158,6 +158,34 @@ def test_agent_mode_connectors_keep_no_credentials_and_need_a_real_agent(api, wo
         assert ConnectorInstance.objects.get(pk=hosted["id"]).auth_config_encrypted == ""
 
 
+def test_agent_mode_connectors_hold_no_connection_targets(api, world, settings):
+    """Where credentials go (URLs, TLS settings, files) is decided by the agent's local config alone."""
+    settings.ALLOW_PRIVATE_TARGETS = True
+    admin = api("acme", "admin")
+    agent = _agent(admin)
+    ldap = {"url": "ldaps://dc1.corp.test:636", "base_dn": "dc=corp,dc=test", "tls_verify": False}
+    refused = admin.post("/api/v1/connectors", {"name": "AD", "type": "ldap", "mode": "agent",
+                                                "agent_id": agent["id"], "config": ldap})
+    assert_error(refused, 400, "invalid_connector_config")
+    assert "url, tls_verify only from the agent's local config" in refused.body["error"]["message"]
+    # Moving a hosted connector to an agent drops its targets, like its credentials.
+    auth = {"bind_dn": "cn=svc", "password": "pw"}
+    for how in ("patch", "assign"):
+        hosted = admin.post("/api/v1/connectors", {"name": f"AD {how}", "type": "ldap", "config": ldap,
+                                                   "auth_config": auth})
+        assert hosted.status_code == 201, hosted.body
+        if how == "patch":
+            moved = admin.patch(f"/api/v1/connectors/{hosted.body['id']}", {"mode": "agent", "agent_id": agent["id"]})
+        else:
+            moved = admin.patch(f"/api/v1/agents/{agent['id']}", {"connector_ids": [hosted.body["id"]]})
+        assert moved.status_code == 200, moved.body
+        shown = admin.get(f"/api/v1/connectors/{hosted.body['id']}").body
+        assert shown["mode"] == "agent" and shown["config"] == {"base_dn": "dc=corp,dc=test"}
+    # Sending them back in an update is refused too.
+    assert_error(admin.patch(f"/api/v1/connectors/{hosted.body['id']}", {"config": ldap}), 400,
+                 "invalid_connector_config")
+
+
 # -- tokens --------------------------------------------------------------------------------
 
 def test_agent_tokens_work_only_on_the_agent_spine_and_user_tokens_never_there(api, world):
@@ -228,6 +256,20 @@ def test_heartbeats_bring_an_agent_online_and_silence_takes_it_offline(api, worl
     client.post("/api/v1/agent/heartbeat", {})
     with tenant_context(world.acme.tenant):
         assert WebhookEvent.objects.filter(type="agent.online").count() == 2
+
+
+def test_the_heartbeat_answer_names_jobs_the_agent_no_longer_holds(api, world):
+    admin = api("acme", "admin")
+    connector = _connector(admin)
+    agent, client = _enrolled(admin, connector_ids=[connector["id"]])
+    held = _job(world.acme.tenant, agent["id"], connector["id"])
+    dropped = _job(world.acme.tenant, agent["id"], connector["id"])
+    _lease(client), _lease(client)
+    with tenant_context(world.acme.tenant):
+        jobs.cancel(dropped, "the sync run was cancelled")  # the caller gave up while the agent hangs
+    connection.set_schema_to_public()
+    ack = client.post("/api/v1/agent/heartbeat", {"running_jobs": [str(held.pk), str(dropped.pk)]})
+    assert ack.status_code == 200 and ack.body["released_jobs"] == [str(dropped.pk)]
 
 
 def test_heartbeat_input_is_checked(api):
@@ -409,6 +451,46 @@ def test_a_revoked_agents_connectors_start_no_sync_and_get_no_job(api, world):
         assert job.status == AgentJob.Status.CANCELLED
 
 
+def test_a_revoked_agents_connector_can_be_disabled_and_does_not_block_other_hr_sources(api, world):
+    admin = api("acme", "admin")
+    hosted = _connector(admin, "HR hosted", authoritative=True)
+    remote = _connector(admin, "HR remote", authoritative=True)
+    agent, _ = _enrolled(admin, connector_ids=[remote["id"]])
+    admin.post(f"/api/v1/agents/{agent['id']}/revoke")
+    started = admin.post("/api/v1/identities/sync", {})
+    assert started.status_code == 202 and [r["connector"] for r in started.body] == [hosted["id"]]
+    assert started.headers["X-RapidValue-Skipped"] == f"{remote['id']}=agent_unavailable"
+    # Editing the connector does not require moving it first; choosing the revoked agent anew does.
+    disabled = admin.patch(f"/api/v1/connectors/{remote['id']}", {"enabled": False})
+    assert disabled.status_code == 200 and disabled.body["enabled"] is False
+    other = _connector(admin, "Other")
+    assert_error(admin.patch(f"/api/v1/connectors/{other['id']}", {"mode": "agent", "agent_id": agent["id"]}), 400)
+    # Nothing can start at all: the refusal itself is the answer.
+    admin.post(f"/api/v1/connectors/{hosted['id']}/sync-runs/{started.body[0]['id']}/cancel")
+    admin.patch(f"/api/v1/connectors/{remote['id']}", {"enabled": True})
+    admin.patch(f"/api/v1/connectors/{hosted['id']}", {"enabled": False})
+    assert_error(admin.post("/api/v1/identities/sync", {}), 409, "agent_unavailable")
+
+
+def test_a_page_for_an_agent_that_went_offline_mid_run_frees_its_worker(api, world, settings):
+    from agentspine.proxy import AgentProxyConnector
+
+    settings.SYNC_AGENT_OFFLINE_GRACE_SECONDS = 600
+    admin = api("acme", "admin")
+    connector = _connector(admin)
+    agent, _ = _enrolled(admin, connector_ids=[connector["id"]])  # enrolled, now offline
+    job = _job(world.acme.tenant, agent["id"], connector["id"])
+    with tenant_context(world.acme.tenant):
+        instance = ConnectorInstance.objects.get(pk=connector["id"])
+        AgentJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(seconds=601))
+        started = timezone.now()
+        assert AgentProxyConnector(instance)._await(job, timeout=3600) is None
+        assert (timezone.now() - started).total_seconds() < 5
+        assert job.error == "gave up after 600 s: waiting for agent 'dc1-agent': offline"
+        job.refresh_from_db()
+        assert job.status == AgentJob.Status.CANCELLED
+
+
 def test_a_job_whose_lease_keeps_expiring_fails_after_max_attempts(api, world, settings):
     settings.AGENT_MAX_ATTEMPTS = 3
     admin = api("acme", "admin")
@@ -416,19 +498,22 @@ def test_a_job_whose_lease_keeps_expiring_fails_after_max_attempts(api, world, s
     agent, client = _enrolled(admin, connector_ids=[connector["id"]])
     job = _job(world.acme.tenant, agent["id"], connector["id"])
     second = _job(world.acme.tenant, agent["id"], connector["id"])
-    for attempt in (1, 2, 3):
+    # A clean hand-back (SIGTERM, a rolling restart) does not count against the job.
+    lease = _lease(client).body["lease"]["id"]
+    assert client.post(f"/api/v1/agent/jobs/{job.pk}/release", {"lease_id": lease}).status_code == 200
+    for attempt in (2, 3, 4):
         leased = _lease(client)
         assert leased.status_code == 200 and leased.body["id"] == str(job.pk) and leased.body["attempt"] == attempt
         with tenant_context(world.acme.tenant):  # the agent dies on it: the lease runs out
             AgentJob.objects.filter(pk=job.pk).update(leased_until=timezone.now() - timedelta(seconds=1))
         connection.set_schema_to_public()
-    # The fourth claim gives up on it and hands out the next job instead.
+    # The third expiry gives up on it, and the next job is handed out instead.
     leased = _lease(client)
     assert leased.status_code == 200 and leased.body["id"] == str(second.pk)
     with tenant_context(world.acme.tenant):
         job.refresh_from_db()
-        assert job.status == AgentJob.Status.FAILED and job.attempt == 3
-        assert job.error == "the agent did not finish this job in 3 attempts (each lease expired); see the agent's log"
+        assert (job.status, job.attempt, job.expired_leases) == (AgentJob.Status.FAILED, 4, 3)
+        assert job.error == "the agent did not finish this job: its lease expired 3 times; see the agent's log"
         assert AuditEvent.objects.filter(action="agent_job.fail", object_id=str(job.pk)).exists()
 
 

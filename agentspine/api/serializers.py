@@ -79,6 +79,9 @@ class HeartbeatAckSerializer(PlatformSerializer):
     state = serializers.CharField()
     heartbeat_seconds = serializers.IntegerField()
     server_time = serializers.DateTimeField()
+    released_jobs = serializers.ListField(
+        child=serializers.UUIDField(),
+        help_text="Jobs from running_jobs this agent no longer holds (cancelled, timed out): stop working on them.")
 
 
 class LeaseSerializer(PlatformSerializer):

@@ -147,11 +147,12 @@ class HeartbeatView(AgentEndpoint):
         body = HeartbeatSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        running = [str(j) for j in data["running_jobs"]]
         agent = presence.heartbeat(self.agent.pk, version=data["version"], hostname=data["hostname"],
-                                   capabilities=data["capabilities"],
-                                   running_jobs=[str(j) for j in data["running_jobs"]])
+                                   capabilities=data["capabilities"], running_jobs=running)
         return Response({"state": agent.state, "heartbeat_seconds": settings.AGENT_HEARTBEAT_SECONDS,
-                         "server_time": timezone.now()})
+                         "server_time": timezone.now(),
+                         "released_jobs": presence.jobs_no_longer_held(agent, running[:100])})
 
 
 def leased_job_body(job: AgentJob) -> dict:

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django_tenants.utils import tenant_context
 from rest_framework import exceptions
 
+from connectors.base import without_local_only
 from connectors.models import ConnectorInstance
 from rapidvalue.api.errors import Conflict
 from rapidvalue.audit import services as audit
@@ -76,8 +77,10 @@ def _assign_connectors(agent: Agent, connector_ids: list[uuid.UUID]) -> None:
             continue
         before = audit.snapshot(connector)
         connector.agent_id, connector.mode = agent.pk, ConnectorInstance.Mode.AGENT
-        connector.auth_config_encrypted = ""  # credentials now live in the agent's local config
-        connector.save(update_fields=["agent_id", "mode", "auth_config_encrypted", "updated_at"])
+        # Credentials and connection targets (URLs, TLS, files) now live in the agent's local config.
+        connector.auth_config_encrypted = ""
+        connector.config = without_local_only(connector.type, connector.config)
+        connector.save(update_fields=["agent_id", "mode", "auth_config_encrypted", "config", "updated_at"])
         audit.record("connector.update", "connector", connector.pk, before=before, after=audit.snapshot(connector))
 
 

@@ -11,7 +11,8 @@ Invariants:
 - chunks are idempotent by ``(job, attempt, sequence)``: re-sending one changes nothing;
 - a revoked agent gets no job: enqueue and claim both lock or re-read the agent row, which
   revocation updates, so a long poll already in flight cannot lease a job after the revocation;
-- a job whose lease expired ``AGENT_MAX_ATTEMPTS`` times fails instead of going round forever.
+- a job whose lease expired ``AGENT_MAX_ATTEMPTS`` times fails instead of going round forever
+  (hand-backs on a clean shutdown do not count).
 
 Wake-ups go through a Redis list per agent (``BLPOP``); the database stays the truth, so a lost
 wake-up only delays a claim until the next poll interval.
@@ -87,8 +88,9 @@ def enqueue(*, agent_id, connector: ConnectorInstance, kind: str, request: dict[
 def claim_next(agent: Agent) -> AgentJob | None:
     """Lease the agent's oldest open job: queued, or leased with an expired lease (requeued).
 
-    A job whose lease already expired ``AGENT_MAX_ATTEMPTS`` times fails here instead: an agent
-    that dies on it every time (a crash, an oversized result) must not hold it forever.
+    A job whose lease has now expired ``AGENT_MAX_ATTEMPTS`` times fails here instead: an agent
+    that dies on it every time (a crash, a hang) must not hold it forever. Hand-backs (release on
+    SIGTERM, rolling restarts) do not count.
     """
     while True:
         now = timezone.now()
@@ -104,13 +106,15 @@ def claim_next(agent: Agent) -> AgentJob | None:
             if job is None:
                 return None
             requeued = job.status == AgentJob.Status.LEASED
-            if requeued and job.attempt >= settings.AGENT_MAX_ATTEMPTS:
-                _give_up(job, f"the agent did not finish this job in {job.attempt} attempts "
-                              "(each lease expired); see the agent's log")
-                continue
+            if requeued:
+                job.expired_leases += 1
+                if job.expired_leases >= settings.AGENT_MAX_ATTEMPTS:
+                    _give_up(job, f"the agent did not finish this job: its lease expired {job.expired_leases} "
+                                  "times; see the agent's log")
+                    continue
             job.status, job.attempt, job.lease_id = AgentJob.Status.LEASED, job.attempt + 1, uuid.uuid4()
             job.leased_at, job.leased_until = now, now + timedelta(seconds=settings.AGENT_LEASE_SECONDS)
-            job.save(update_fields=["status", "attempt", "lease_id", "leased_at", "leased_until"])
+            job.save(update_fields=["status", "attempt", "expired_leases", "lease_id", "leased_at", "leased_until"])
             AgentJobChunk.objects.filter(job=job, attempt__lt=job.attempt).delete()
             audit.record("agent_job.lease", "agent_job", job.pk,
                          after={"attempt": job.attempt, "requeued_after_expiry": requeued})
@@ -120,7 +124,7 @@ def claim_next(agent: Agent) -> AgentJob | None:
 def _give_up(job: AgentJob, error: str) -> None:
     job.status, job.error, job.finished_at = AgentJob.Status.FAILED, error, timezone.now()
     job.lease_id, job.leased_until = None, None
-    job.save(update_fields=["status", "error", "finished_at", "lease_id", "leased_until"])
+    job.save(update_fields=["status", "error", "expired_leases", "finished_at", "lease_id", "leased_until"])
     AgentJobChunk.objects.filter(job=job).delete()
     audit.record("agent_job.fail", "agent_job", job.pk, after={"attempt": job.attempt, "error": error})
     key = _done_key(job.pk)

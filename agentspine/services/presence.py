@@ -29,6 +29,8 @@ def heartbeat(agent_id, *, version: str = "", hostname: str = "", capabilities: 
               running_jobs: list[str] | None = None) -> Agent:
     """Record a sign of life; leases of the jobs the agent says it is running are extended."""
     agent = Agent.objects.select_for_update().get(pk=agent_id)
+    if agent.revoked_at is not None:  # revoked while this request was on its way: no sign of life
+        return agent
     now = timezone.now()
     agent.last_heartbeat_at = now
     agent.version, agent.hostname = version[:50], hostname[:255]
@@ -45,6 +47,19 @@ def heartbeat(agent_id, *, version: str = "", hostname: str = "", capabilities: 
         AgentJob.objects.filter(agent=agent, status=AgentJob.Status.LEASED, pk__in=agent.running_jobs).update(
             leased_until=now + timedelta(seconds=settings.AGENT_LEASE_SECONDS))
     return agent
+
+
+def jobs_no_longer_held(agent: Agent, running_jobs: list[str]) -> list[str]:
+    """Of the jobs the agent says it is running, those it no longer holds (cancelled, timed out, failed).
+
+    The heartbeat's answer names them, so an agent stuck in a job the server gave up on stops
+    waiting for it and takes new work, instead of renewing a dead lease forever.
+    """
+    if not running_jobs:
+        return []
+    held = {str(pk) for pk in AgentJob.objects.filter(agent=agent, status=AgentJob.Status.LEASED,
+                                                      pk__in=running_jobs).values_list("pk", flat=True)}
+    return [job for job in running_jobs if job not in held]
 
 
 def mark_silent_agents_offline() -> int:

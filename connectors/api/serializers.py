@@ -39,7 +39,10 @@ class ConnectorSerializer(PlatformModelSerializer):
         agent = attrs.get("agent_id", getattr(self.instance, "agent_id", None))
         if mode == "agent" and not agent:
             raise serializers.ValidationError({"agent_id": ["Agent mode needs the agent that runs the connector."]})
-        if agent and not agent_exists(agent):
+        # Checked when the agent is chosen: a connector whose agent was revoked since can still be
+        # edited (disabled, renamed) until it is moved to another agent or back to hosted mode.
+        chosen = self.instance is None or str(agent) != str(self.instance.agent_id) or mode != self.instance.mode
+        if agent and chosen and not agent_exists(agent):
             raise serializers.ValidationError({"agent_id": ["No agent with this id."]})
         if self.instance is not None and "type" in attrs and attrs["type"] != self.instance.type:
             raise serializers.ValidationError({"type": ["The type of a connector cannot change."]})

@@ -98,20 +98,39 @@ class SyncRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, PlatformG
 
 @extend_schema(tags=["identities"])
 class IdentitySyncView(PlatformAPIView):
-    """Sync every enabled authoritative (HR) source now."""
+    """Sync every enabled authoritative (HR) source now.
+
+    A source that cannot start (already running, its agent revoked) does not stop the others: it
+    is named in the ``X-RapidValue-Skipped`` header (``<connector id>=<error code>``, comma-separated).
+    When none can start, the first refusal is the answer (409).
+    """
 
     transactional_writes = True
 
     @extend_schema(request=SyncStartSerializer, responses={202: SyncStartedSerializer(many=True)})
     def post(self, request):
+        from django.db import transaction
+
+        from rapidvalue.api.errors import Conflict
+
         body = SyncStartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        started = []
+        started, skipped = [], []
         for connector in ConnectorInstance.objects.filter(authoritative=True, enabled=True).order_by("name"):
-            run, secret = services.start_sync(
-                connector, incremental=data["incremental"], max_records=data.get("max_records"),
-                chunk_size=data["chunk_size"], callback_url=data.get("callback_url") or "",
-                requested_by=request.user.label)
+            try:
+                with transaction.atomic():  # a refused source leaves nothing behind, the others go on
+                    run, secret = services.start_sync(
+                        connector, incremental=data["incremental"], max_records=data.get("max_records"),
+                        chunk_size=data["chunk_size"], callback_url=data.get("callback_url") or "",
+                        requested_by=request.user.label)
+            except Conflict as exc:
+                skipped.append((connector, exc))
+                continue
             started.append(_started(run, secret))
-        return Response(started, status=status.HTTP_202_ACCEPTED)
+        if skipped and not started:
+            raise skipped[0][1]
+        response = Response(started, status=status.HTTP_202_ACCEPTED)
+        if skipped:
+            response["X-RapidValue-Skipped"] = ",".join(f"{c.pk}={exc.get_codes()}" for c, exc in skipped)
+        return response
