@@ -57,9 +57,24 @@ class SyncState:
     identities_unplaced: int = 0
     # Rows this run inserted per table: after a big first load, fresh planner statistics.
     inserted: Counter = field(default_factory=Counter)
+    # A first load into empty tables: the index and foreign-key upkeep set aside until finish().
+    set_aside: SetAside | None = None
+
+
+@dataclass
+class SetAside:
+    """The secondary indexes and foreign keys :func:`set_aside` dropped, as the catalog defined them."""
+
+    tables: list[str]
+    indexes: list[str]  # CREATE INDEX statements, from pg_get_indexdef
+    foreign_keys: list[tuple[str, str, str]]  # (table, constraint name, pg_get_constraintdef)
 
 
 ANALYZE_AFTER_ROWS = 10_000
+# A first load of at least this many records (the source's estimate) sets the index upkeep aside.
+FIRST_LOAD_MIN_RECORDS = 50_000
+# The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
+FIRST_LOAD_TABLES = ("identities_identity", "access_account", "access_grant")
 
 # Session temporary tables of what a full sync saw: (name, key type).
 SEEN_TABLES = {"rv_seen_identity": "text", "rv_seen_account": "text", "rv_seen_grant": "uuid"}
@@ -80,6 +95,73 @@ def begin(run: SyncRun, connector: ConnectorInstance) -> SyncState:
         """, [connector.application_id])
         state.grants_first_load = not cursor.fetchone()[0]
     return state
+
+
+def first_load_tables(connector: ConnectorInstance) -> list[str]:
+    """The tables this connector fills that are empty now (no lock: :func:`set_aside` checks again)."""
+    tables = [t for t in FIRST_LOAD_TABLES if connector.authoritative or t != "identities_identity"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(f"NOT EXISTS (SELECT 1 FROM {t})" for t in tables))  # noqa: S608
+        empty = cursor.fetchone()
+    return [t for t, is_empty in zip(tables, empty, strict=True) if is_empty]
+
+
+def set_aside(tables: list[str]) -> SetAside:
+    """Drop the non-unique indexes and the foreign keys of those of ``tables`` still empty.
+
+    A first load then writes 1.2M rows without updating a dozen B-trees and checking three
+    foreign keys per row; :func:`restore` rebuilds them once at the end (a sort per index, one
+    anti-join per key), which is several times cheaper. Unique indexes and primary keys stay:
+    ``ON CONFLICT`` and the merges rely on them, and other tables' foreign keys point at them.
+
+    Only inside the run's one transaction (the caller's): the ``ACCESS EXCLUSIVE`` locks taken
+    here are held until it commits, so a concurrent reader of these (empty) tables waits for the
+    load to finish instead of seeing them without their indexes, and no concurrent writer can
+    add a row that the re-added foreign keys would refuse. A run that fails rolls the DROPs back
+    with everything else: the indexes and constraints are never missing outside this transaction.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("set_aside() must run inside the first load's transaction")
+    with connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+        # Checked again under the lock: a row committed since first_load_tables() keeps its table's upkeep.
+        cursor.execute("SELECT " + ", ".join(f"NOT EXISTS (SELECT 1 FROM {t})" for t in tables))  # noqa: S608
+        tables = [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
+        if not tables:
+            return SetAside([], [], [])
+        cursor.execute("""
+            SELECT format('%%I.%%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid)
+            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE i.indrelid = ANY(%s::regclass[]) AND NOT i.indisunique AND NOT i.indisprimary
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+            ORDER BY 1
+        """, [tables])
+        indexes = cursor.fetchall()
+        cursor.execute("""
+            SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) FROM pg_constraint
+            WHERE conrelid = ANY(%s::regclass[]) AND contype = 'f' ORDER BY 1, 2
+        """, [tables])
+        foreign_keys = cursor.fetchall()
+        for table, name, _ in foreign_keys:
+            cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+        if indexes:
+            cursor.execute("DROP INDEX " + ", ".join(name for name, _ in indexes))
+    return SetAside(tables, [definition for _, definition in indexes], foreign_keys)
+
+
+def restore(aside: SetAside) -> None:
+    """Rebuild what :func:`set_aside` dropped, under the same names and definitions (same transaction).
+
+    Each ``CREATE INDEX`` sorts the table once; each ``ADD CONSTRAINT ... FOREIGN KEY`` checks
+    every row in one join, and fails the run (rolling the load back) if one refers to nothing.
+    """
+    with connection.cursor() as cursor:
+        # Index builds sort in memory rather than in temporary files (until the transaction ends).
+        cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for definition in aside.indexes:
+            cursor.execute(definition)
+        for table, name, definition in aside.foreign_keys:
+            cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
 
 
 def discard() -> None:
@@ -549,6 +631,9 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     managers came before their reports, skip a rewrite of every identity.
     """
     counts: Counter = Counter()
+    if state.set_aside is not None:
+        restore(state.set_aside)  # before ANALYZE: it gathers the statistics of expression indexes
+        state.set_aside = None
     with connection.cursor() as cursor:
         for table, rows in state.inserted.items():
             if rows >= ANALYZE_AFTER_ROWS:
