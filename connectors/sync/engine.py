@@ -60,6 +60,11 @@ class SyncState:
     # A first load into empty tables: the index and foreign-key upkeep set aside until finish().
     set_aside: SetAside | None = None
 
+    @property
+    def grants_unindexed(self) -> bool:
+        """access_grant was empty and is loaded without any index: no grant to find, none to end."""
+        return self.set_aside is not None and "access_grant" in self.set_aside.tables
+
 
 @dataclass
 class SetAside:
@@ -67,7 +72,7 @@ class SetAside:
 
     tables: list[str]
     indexes: list[str]  # CREATE INDEX statements, from pg_get_indexdef
-    foreign_keys: list[tuple[str, str, str]]  # (table, constraint name, pg_get_constraintdef)
+    constraints: list[tuple[str, str, str]]  # (table, name, pg_get_constraintdef), in the order to add them
 
 
 ANALYZE_AFTER_ROWS = 10_000
@@ -75,6 +80,9 @@ ANALYZE_AFTER_ROWS = 10_000
 FIRST_LOAD_MIN_RECORDS = 50_000
 # The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
 FIRST_LOAD_TABLES = ("identities_identity", "access_account", "access_grant")
+# Of those, the ones whose primary key and unique indexes go too: nothing refers to a grant, and
+# the first load of grants removes duplicates itself (_INSERT_GRANTS_UNINDEXED).
+FIRST_LOAD_UNIQUE_TOO = ("access_grant",)
 
 # Session temporary tables of what a full sync saw: (name, key type).
 SEEN_TABLES = {"rv_seen_identity": "text", "rv_seen_account": "text", "rv_seen_grant": "uuid"}
@@ -107,12 +115,14 @@ def first_load_tables(connector: ConnectorInstance) -> list[str]:
 
 
 def set_aside(tables: list[str]) -> SetAside:
-    """Drop the non-unique indexes and the foreign keys of those of ``tables`` still empty.
+    """Drop the secondary indexes and the foreign keys of those of ``tables`` still empty.
 
     A first load then writes 1.2M rows without updating a dozen B-trees and checking three
     foreign keys per row; :func:`restore` rebuilds them once at the end (a sort per index, one
-    anti-join per key), which is several times cheaper. Unique indexes and primary keys stay:
-    ``ON CONFLICT`` and the merges rely on them, and other tables' foreign keys point at them.
+    anti-join per key), which is several times cheaper. Unique indexes and primary keys stay
+    (``ON CONFLICT`` and the merges rely on them, and other tables' foreign keys point at them),
+    except on the tables of ``FIRST_LOAD_UNIQUE_TOO``: rebuilding them at the end also checks
+    that the load left no duplicate.
 
     Only inside the run's one transaction (the caller's): the ``ACCESS EXCLUSIVE`` locks taken
     here are held until it commits, so a concurrent reader of these (empty) tables waits for the
@@ -129,39 +139,45 @@ def set_aside(tables: list[str]) -> SetAside:
         tables = [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
         if not tables:
             return SetAside([], [], [])
+        unique_too = [t for t in tables if t in FIRST_LOAD_UNIQUE_TOO]
         cursor.execute("""
             SELECT format('%%I.%%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid)
             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE i.indrelid = ANY(%s::regclass[]) AND NOT i.indisunique AND NOT i.indisprimary
+            WHERE i.indrelid = ANY(%s::regclass[])
+              AND (NOT i.indisunique OR i.indrelid = ANY(%s::regclass[]))
               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
             ORDER BY 1
-        """, [tables])
+        """, [tables, unique_too])
         indexes = cursor.fetchall()
+        # Foreign keys first (dropped first, added last), then primary keys and unique constraints.
         cursor.execute("""
             SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) FROM pg_constraint
-            WHERE conrelid = ANY(%s::regclass[]) AND contype = 'f' ORDER BY 1, 2
-        """, [tables])
-        foreign_keys = cursor.fetchall()
-        for table, name, _ in foreign_keys:
+            WHERE conrelid = ANY(%s::regclass[]) AND (contype = 'f' OR contype IN ('p', 'u')
+                                                      AND conrelid = ANY(%s::regclass[]))
+            ORDER BY contype = 'f' DESC, 1, 2
+        """, [tables, unique_too])
+        constraints = cursor.fetchall()
+        for table, name, _ in constraints:
             cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
         if indexes:
             cursor.execute("DROP INDEX " + ", ".join(name for name, _ in indexes))
-    return SetAside(tables, [definition for _, definition in indexes], foreign_keys)
+    return SetAside(tables, [definition for _, definition in indexes], constraints[::-1])
 
 
 def restore(aside: SetAside) -> None:
     """Rebuild what :func:`set_aside` dropped, under the same names and definitions (same transaction).
 
-    Each ``CREATE INDEX`` sorts the table once; each ``ADD CONSTRAINT ... FOREIGN KEY`` checks
-    every row in one join, and fails the run (rolling the load back) if one refers to nothing.
+    Each index build sorts the table once; each ``ADD CONSTRAINT ... FOREIGN KEY`` checks every
+    row in one join. A violation (a row referring to nothing, a duplicate) fails the run, which
+    rolls the whole load back.
     """
     with connection.cursor() as cursor:
         # Index builds sort in memory rather than in temporary files (until the transaction ends).
         cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for table, name, definition in aside.constraints:
+            cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
         for definition in aside.indexes:
             cursor.execute(definition)
-        for table, name, definition in aside.foreign_keys:
-            cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
 
 
 def discard() -> None:
@@ -499,6 +515,24 @@ WITH ins AS (
 {record}
 """
 
+# A first load into an empty access_grant without its unique indexes: ON CONFLICT has nothing to
+# stand on, so duplicates are removed here, within the chunk (DISTINCT) and against the chunks
+# before (a hashed anti-join over what this run inserted). The key is the unique indexes' key.
+_INSERT_GRANTS_UNINDEXED = """
+INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference, granted_by,
+    state, created_at)
+SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
+    'active', now()
+FROM (SELECT DISTINCT entitlement_id, account_id, CASE WHEN account_id IS NULL THEN identity_id END AS identity_id
+      FROM resolved_grant
+      WHERE entitlement_id IS NOT NULL AND (account_id IS NOT NULL OR identity_id IS NOT NULL)) r
+WHERE NOT EXISTS (
+    SELECT 1 FROM access_grant g
+    WHERE g.entitlement_id = r.entitlement_id AND (g.account_id IS NULL) = (r.account_id IS NULL)
+      AND COALESCE(g.account_id, g.identity_id) = COALESCE(r.account_id, r.identity_id))
+"""
+
+
 def _merge_grants(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
                   result: ChunkResult) -> None:
     """Resolve the staged grants to ids, insert the new ones, record the ids of all (full sync).
@@ -525,7 +559,14 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, response: Sync
         if not first_load and any(not account for _, account, _ in rows):
             cursor.execute(_EXISTING_IDENTITY_GRANTS)
         insert = _INSERT_GRANTS.format
-        if state.full:
+        if state.grants_unindexed:
+            # Nothing to end in finish() either: no seen ids to record. A hashed anti-join, never a
+            # scan of the grants per staged row (the planner has no statistics of them yet).
+            cursor.execute("SET LOCAL enable_nestloop = off")
+            cursor.execute(_INSERT_GRANTS_UNINDEXED, {"connector": str(connector.pk)})
+            created = cursor.rowcount
+            cursor.execute("RESET enable_nestloop")
+        elif state.full:
             cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
                            {"connector": str(connector.pk)})
             created = cursor.rowcount
@@ -631,6 +672,7 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     managers came before their reports, skip a rewrite of every identity.
     """
     counts: Counter = Counter()
+    grants_were_empty = state.grants_unindexed
     if state.set_aside is not None:
         restore(state.set_aside)  # before ANALYZE: it gathers the statistics of expression indexes
         state.set_aside = None
@@ -657,12 +699,13 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
                     SELECT 1 FROM pg_temp.rv_seen_account s WHERE s.key = a.native_id)
             """, [connector.application_id])
             counts["accounts_deleted"] = cursor.rowcount
-            cursor.execute("""
-                UPDATE access_grant g SET state = 'ended', ended_at = now()
-                WHERE g.source = 'sync' AND g.source_reference = %s AND g.state = 'active'
-                  AND NOT EXISTS (SELECT 1 FROM pg_temp.rv_seen_grant s WHERE s.key = g.id)
-            """, [str(connector.pk)])
-            counts["grants_deleted"] = cursor.rowcount
+            if not grants_were_empty:  # else every grant there is, this run inserted (and saw)
+                cursor.execute("""
+                    UPDATE access_grant g SET state = 'ended', ended_at = now()
+                    WHERE g.source = 'sync' AND g.source_reference = %s AND g.state = 'active'
+                      AND NOT EXISTS (SELECT 1 FROM pg_temp.rv_seen_grant s WHERE s.key = g.id)
+                """, [str(connector.pk)])
+                counts["grants_deleted"] = cursor.rowcount
             if connector.authoritative:
                 cursor.execute("""
                     SELECT i.id FROM identities_identity i
