@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from connectors.models import ConnectorInstance, SyncRun
 from connectors.protocol.v1 import RecordError, SyncResponse
@@ -71,7 +71,7 @@ class SetAside:
     """The secondary indexes and foreign keys :func:`set_aside` dropped, as the catalog defined them."""
 
     tables: list[str]
-    indexes: list[str]  # CREATE INDEX statements, from pg_get_indexdef
+    indexes: list[tuple[str, str]]  # (table, CREATE INDEX statement from pg_get_indexdef)
     constraints: list[tuple[str, str, str]]  # (table, name, pg_get_constraintdef), in the order to add them
 
 
@@ -141,7 +141,7 @@ def set_aside(tables: list[str]) -> SetAside:
             return SetAside([], [], [])
         unique_too = [t for t in tables if t in FIRST_LOAD_UNIQUE_TOO]
         cursor.execute("""
-            SELECT format('%%I.%%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid)
+            SELECT format('%%I.%%I', n.nspname, c.relname), i.indrelid::regclass::text, pg_get_indexdef(i.indexrelid)
             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE i.indrelid = ANY(%s::regclass[])
               AND (NOT i.indisunique OR i.indrelid = ANY(%s::regclass[]))
@@ -160,24 +160,35 @@ def set_aside(tables: list[str]) -> SetAside:
         for table, name, _ in constraints:
             cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
         if indexes:
-            cursor.execute("DROP INDEX " + ", ".join(name for name, _ in indexes))
-    return SetAside(tables, [definition for _, definition in indexes], constraints[::-1])
+            cursor.execute("DROP INDEX " + ", ".join(name for name, _, _ in indexes))
+    return SetAside(tables, [(table, definition) for _, table, definition in indexes], constraints[::-1])
 
 
-def restore(aside: SetAside) -> None:
+def restore(aside: SetAside) -> int:
     """Rebuild what :func:`set_aside` dropped, under the same names and definitions (same transaction).
 
     Each index build sorts the table once; each ``ADD CONSTRAINT ... FOREIGN KEY`` checks every
-    row in one join. A violation (a row referring to nothing, a duplicate) fails the run, which
-    rolls the whole load back.
+    row in one join. A violation (a row referring to nothing) fails the run, which rolls the
+    whole load back. A unique index of the grants that finds a grant two chunks repeated is
+    built again after removing the repeats; returns how many grants were removed.
     """
+    removed, deduplicated = 0, False
     with connection.cursor() as cursor:
         # Index builds sort in memory rather than in temporary files (until the transaction ends).
         cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
         for table, name, definition in aside.constraints:
             cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
-        for definition in aside.indexes:
-            cursor.execute(definition)
+        for table, definition in aside.indexes:
+            try:
+                with transaction.atomic():
+                    cursor.execute(definition)
+            except IntegrityError:
+                if table != "access_grant" or deduplicated:
+                    raise
+                cursor.execute(_REMOVE_DUPLICATE_GRANTS)
+                removed, deduplicated = cursor.rowcount, True
+                cursor.execute(definition)
+    return removed
 
 
 def discard() -> None:
@@ -516,8 +527,8 @@ WITH ins AS (
 """
 
 # A first load into an empty access_grant without its unique indexes: ON CONFLICT has nothing to
-# stand on, so duplicates are removed here, within the chunk (DISTINCT) and against the chunks
-# before (a hashed anti-join over what this run inserted). The key is the unique indexes' key.
+# stand on. Duplicates within the chunk are removed here (DISTINCT); a grant repeated by two
+# chunks is rare, and found once at the end by the unique index build (_remove_duplicate_grants).
 _INSERT_GRANTS_UNINDEXED = """
 INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference, granted_by,
     state, created_at)
@@ -526,10 +537,17 @@ SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync',
 FROM (SELECT DISTINCT entitlement_id, account_id, CASE WHEN account_id IS NULL THEN identity_id END AS identity_id
       FROM resolved_grant
       WHERE entitlement_id IS NOT NULL AND (account_id IS NOT NULL OR identity_id IS NOT NULL)) r
-WHERE NOT EXISTS (
-    SELECT 1 FROM access_grant g
-    WHERE g.entitlement_id = r.entitlement_id AND (g.account_id IS NULL) = (r.account_id IS NULL)
-      AND COALESCE(g.account_id, g.identity_id) = COALESCE(r.account_id, r.identity_id))
+"""
+
+# Every grant in access_grant came from this first load: keep one of each (account or identity,
+# entitlement), the key of the unique indexes grant_sync_account_uniq and grant_sync_identity_uniq.
+_REMOVE_DUPLICATE_GRANTS = """
+DELETE FROM access_grant g USING (
+    SELECT id, row_number() OVER (PARTITION BY entitlement_id, account_id,
+                                  CASE WHEN account_id IS NULL THEN identity_id END ORDER BY id) AS n
+    FROM access_grant
+) d
+WHERE g.id = d.id AND d.n > 1
 """
 
 
@@ -560,12 +578,9 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, response: Sync
             cursor.execute(_EXISTING_IDENTITY_GRANTS)
         insert = _INSERT_GRANTS.format
         if state.grants_unindexed:
-            # Nothing to end in finish() either: no seen ids to record. A hashed anti-join, never a
-            # scan of the grants per staged row (the planner has no statistics of them yet).
-            cursor.execute("SET LOCAL enable_nestloop = off")
+            # Nothing to end in finish() either: no seen ids to record.
             cursor.execute(_INSERT_GRANTS_UNINDEXED, {"connector": str(connector.pk)})
             created = cursor.rowcount
-            cursor.execute("RESET enable_nestloop")
         elif state.full:
             cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
                            {"connector": str(connector.pk)})
@@ -674,8 +689,11 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     counts: Counter = Counter()
     grants_were_empty = state.grants_unindexed
     if state.set_aside is not None:
-        restore(state.set_aside)  # before ANALYZE: it gathers the statistics of expression indexes
+        # Before ANALYZE: it gathers the statistics of expression indexes.
+        repeated = restore(state.set_aside)
         state.set_aside = None
+        counts["grants_created"] -= repeated
+        counts["grants_unchanged"] += repeated
     with connection.cursor() as cursor:
         for table, rows in state.inserted.items():
             if rows >= ANALYZE_AFTER_ROWS:
