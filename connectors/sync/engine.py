@@ -134,6 +134,9 @@ def set_aside(tables: list[str]) -> SetAside:
         raise RuntimeError("set_aside() must run inside the first load's transaction")
     with connection.cursor() as cursor:
         cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+        # Chunk-sized hashes and sorts (200k grants), and the foreign-key checks of restore(), in
+        # memory rather than in batches on disk: for this transaction only.
+        cursor.execute("SET LOCAL work_mem = '64MB'")
         # Checked again under the lock: a row committed since first_load_tables() keeps its table's upkeep.
         cursor.execute("SELECT " + ", ".join(f"NOT EXISTS (SELECT 1 FROM {t})" for t in tables))  # noqa: S608
         tables = [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
@@ -250,7 +253,7 @@ RETURNING i.id, o.department, o.title, o.location, o.status, o.manager_external_
 # known (an existing identity, or a new one of the same chunk, placed recursively): written once,
 # where linking and re-pathing them in finish() rewrote each row twice more (17 indexes each).
 # Who cannot be placed yet (manager not there yet, a cycle) gets path '' and finish() places them.
-_INSERT_IDENTITIES = """
+_INSERT_IDENTITIES_CTES = """
 WITH RECURSIVE new AS MATERIALIZED (
     SELECT gen_random_uuid() AS id, s.*
     FROM (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id) s
@@ -270,7 +273,8 @@ placed AS (
     SELECT n.id, n.external_id, t.id, t.path || replace(n.id::text, '-', '') || '/', t.depth + 1
     FROM new n JOIN placed t ON n.manager_external_id = t.external_id AND n.id <> t.id
     WHERE t.depth < 500
-)
+),
+ins AS (
 INSERT INTO identities_identity (id, external_id, email, first_name, last_name, display_name, department, title,
     location, employment_type, status, start_date, end_date, manager_external_id, manager_id, path, depth,
     attributes, source, created_at, updated_at)
@@ -278,8 +282,20 @@ SELECT n.id, n.external_id, n.email, n.first_name, n.last_name, n.display_name, 
     n.location, n.employment_type, n.status, n.start_date::date, n.end_date::date, n.manager_external_id,
     p.manager_id, COALESCE(p.path, ''), COALESCE(p.depth, 0), n.attributes::jsonb, %(source)s, now(), now()
 FROM new n LEFT JOIN placed p ON p.id = n.id
-RETURNING id, path = ''
-"""
+RETURNING id, path = '' AS unplaced
+)"""
+_INSERT_IDENTITIES = _INSERT_IDENTITIES_CTES + "\nSELECT id, unplaced FROM ins"
+
+# The same, when nothing needs the joiners in Python (no subscriber, no webhook subscription):
+# their events are written by the same statement (the rows lifecycle.record_events writes), and
+# only counts come back: no 20k ids per chunk sent to Python and back.
+_INSERT_IDENTITIES_AND_JOINERS = _INSERT_IDENTITIES_CTES + """,
+joined AS (
+    INSERT INTO identities_lifecycleevent (kind, identity_id, changes, source, occurred_at)
+    SELECT %(joiner)s, id, '{}'::jsonb, 'sync', now() FROM ins
+)
+SELECT count(*), count(*) FILTER (WHERE unplaced) FROM ins
+"""  # noqa: S608 (constants only)
 
 
 def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, result: ChunkResult) -> None:
@@ -309,16 +325,21 @@ def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, re
         # Joins against the CTEs (no index, no statistics) must hash: as nested loops they scan the
         # chunk once per new identity (seconds for 10k).
         cursor.execute("SET LOCAL enable_nestloop = off")
-        cursor.execute(_INSERT_IDENTITIES, source)
-        returned = cursor.fetchall()
+        if lifecycle.has_subscribers(lifecycle.JOINER) or has_subscriptions("identity.created"):
+            cursor.execute(_INSERT_IDENTITIES, source)
+            returned = cursor.fetchall()
+            inserted = [row[0] for row in returned]
+            created, unplaced = len(inserted), sum(1 for row in returned if row[1])
+        else:
+            cursor.execute(_INSERT_IDENTITIES_AND_JOINERS, {**source, "joiner": lifecycle.JOINER})
+            (created, unplaced), inserted = cursor.fetchone(), []
         cursor.execute("RESET enable_nestloop")
-    inserted = [row[0] for row in returned]
     _seen(state, "rv_seen_identity", "stage_identity", "s.external_id")
-    state.identities_unplaced += sum(1 for row in returned if row[1])
-    state.inserted["identities_identity"] += len(inserted)
-    result.counts["identities_created"] += len(inserted)
+    state.identities_unplaced += unplaced
+    state.inserted["identities_identity"] += created
+    result.counts["identities_created"] += created
     result.counts["identities_updated"] += len(updated)
-    result.counts["identities_unchanged"] += len({r[0] for r in rows}) - len(inserted) - len(updated)
+    result.counts["identities_unchanged"] += len({r[0] for r in rows}) - created - len(updated)
     _identity_events(inserted, updated)
 
 
