@@ -60,10 +60,9 @@ class SyncState:
     # A first load into empty tables: the index and foreign-key upkeep set aside until finish().
     set_aside: SetAside | None = None
 
-    @property
-    def grants_unindexed(self) -> bool:
-        """access_grant was empty and is loaded without any index: no grant to find, none to end."""
-        return self.set_aside is not None and "access_grant" in self.set_aside.tables
+    def began_empty(self, table: str) -> bool:
+        """Whether ``table`` was empty when this first load began: nothing in it to find or to end."""
+        return self.set_aside is not None and table in self.set_aside.tables
 
 
 @dataclass
@@ -210,9 +209,11 @@ def _copy(table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
                 copy.write_row(row)
 
 
-def _seen(state: SyncState, seen_table: str, table: str, key_sql: str) -> None:
-    """Record the chunk's keys (full sync only); no IF NOT EXISTS: a missing table fails the run."""
-    if not state.full:
+def _seen(state: SyncState, seen_table: str, table: str, key_sql: str, target: str) -> None:
+    """Record the chunk's keys (full sync only); no IF NOT EXISTS: a missing table fails the run.
+
+    Not when ``target`` began empty: all its rows are this run's, finish() ends none of them."""
+    if not state.full or state.began_empty(target):
         return
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO pg_temp.{seen_table} (key) SELECT {key_sql} FROM {table} s")  # noqa: S608
@@ -334,7 +335,7 @@ def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, re
             cursor.execute(_INSERT_IDENTITIES_AND_JOINERS, {**source, "joiner": lifecycle.JOINER})
             (created, unplaced), inserted = cursor.fetchone(), []
         cursor.execute("RESET enable_nestloop")
-    _seen(state, "rv_seen_identity", "stage_identity", "s.external_id")
+    _seen(state, "rv_seen_identity", "stage_identity", "s.external_id", "identities_identity")
     state.identities_unplaced += unplaced
     state.inserted["identities_identity"] += created
     result.counts["identities_created"] += created
@@ -464,7 +465,7 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, response: Sy
     with connection.cursor() as cursor:
         cursor.execute(sql, {"app": connector.application_id, **params})
         created, updated, distinct = cursor.fetchone()
-    _seen(state, "rv_seen_account", "stage_account", "s.native_id")
+    _seen(state, "rv_seen_account", "stage_account", "s.native_id", "access_account")
     state.inserted["access_account"] += created
     result.counts["accounts_created"] += created
     result.counts["accounts_updated"] += updated
@@ -598,7 +599,7 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, response: Sync
         if not first_load and any(not account for _, account, _ in rows):
             cursor.execute(_EXISTING_IDENTITY_GRANTS)
         insert = _INSERT_GRANTS.format
-        if state.grants_unindexed:
+        if state.began_empty("access_grant"):
             # Nothing to end in finish() either: no seen ids to record.
             cursor.execute(_INSERT_GRANTS_UNINDEXED, {"connector": str(connector.pk)})
             created = cursor.rowcount
@@ -708,7 +709,8 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     managers came before their reports, skip a rewrite of every identity.
     """
     counts: Counter = Counter()
-    grants_were_empty = state.grants_unindexed
+    # Tables that began empty hold only this run's rows: nothing there disappeared.
+    empty = {t for t in FIRST_LOAD_TABLES if state.began_empty(t)}
     if state.set_aside is not None:
         # Before ANALYZE: it gathers the statistics of expression indexes.
         repeated = restore(state.set_aside)
@@ -724,6 +726,8 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     if relinked or state.identities_unplaced:
         counts["manager_cycles"] = len(rebuild_paths())
     if state.full:
+        counts.update(accounts_deleted=0, grants_deleted=0, **({"identities_deleted": 0} if connector.authoritative
+                                                               else {}))
         with connection.cursor() as cursor:
             # The seen tables have no index: the anti-joins below must be hash anti-joins. Fresh
             # statistics are not enough (a just-filled access_grant still looks empty to the
@@ -732,20 +736,21 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
             for table in SEEN_TABLES:
                 cursor.execute(f"ANALYZE pg_temp.{table}")
             cursor.execute("SET LOCAL enable_nestloop = off")
-            cursor.execute("""
-                UPDATE access_account a SET status = 'deleted', updated_at = now()
-                WHERE a.application_id = %s AND a.status <> 'deleted' AND NOT EXISTS (
-                    SELECT 1 FROM pg_temp.rv_seen_account s WHERE s.key = a.native_id)
-            """, [connector.application_id])
-            counts["accounts_deleted"] = cursor.rowcount
-            if not grants_were_empty:  # else every grant there is, this run inserted (and saw)
+            if "access_account" not in empty:
+                cursor.execute("""
+                    UPDATE access_account a SET status = 'deleted', updated_at = now()
+                    WHERE a.application_id = %s AND a.status <> 'deleted' AND NOT EXISTS (
+                        SELECT 1 FROM pg_temp.rv_seen_account s WHERE s.key = a.native_id)
+                """, [connector.application_id])
+                counts["accounts_deleted"] = cursor.rowcount
+            if "access_grant" not in empty:
                 cursor.execute("""
                     UPDATE access_grant g SET state = 'ended', ended_at = now()
                     WHERE g.source = 'sync' AND g.source_reference = %s AND g.state = 'active'
                       AND NOT EXISTS (SELECT 1 FROM pg_temp.rv_seen_grant s WHERE s.key = g.id)
                 """, [str(connector.pk)])
                 counts["grants_deleted"] = cursor.rowcount
-            if connector.authoritative:
+            if connector.authoritative and "identities_identity" not in empty:
                 cursor.execute("""
                     SELECT i.id FROM identities_identity i
                     WHERE i.status <> 'terminated' AND i.source = %s AND NOT EXISTS (
