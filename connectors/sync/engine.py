@@ -78,7 +78,10 @@ ANALYZE_AFTER_ROWS = 10_000
 # A first load of at least this many records (the source's estimate) sets the index upkeep aside.
 FIRST_LOAD_MIN_RECORDS = 50_000
 # The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
-FIRST_LOAD_TABLES = ("identities_identity", "access_account", "access_grant")
+FIRST_LOAD_TABLES = ("identities_identity", "access_entitlement", "access_account", "access_grant")
+# Empty tables that those refer to but a sync does not fill: locked too when empty (no role can
+# be created during the load), so that the grants' foreign key to them is checked once, not per row.
+FIRST_LOAD_REFERENCED = ("access_role",)
 # Of those, the ones whose primary key and unique indexes go too: nothing refers to a grant, and
 # the first load of grants removes duplicates itself (_INSERT_GRANTS_UNINDEXED).
 FIRST_LOAD_UNIQUE_TOO = ("access_grant",)
@@ -105,18 +108,25 @@ def begin(run: SyncRun, connector: ConnectorInstance) -> SyncState:
 
 
 def first_load_tables(connector: ConnectorInstance) -> list[str]:
-    """The tables this connector fills that are empty now (no lock: :func:`set_aside` checks again)."""
+    """The tables this connector fills, and FIRST_LOAD_REFERENCED, that are empty now (none unless
+    one it fills is). No lock: :func:`set_aside` checks again under its own."""
     tables = [t for t in FIRST_LOAD_TABLES if connector.authoritative or t != "identities_identity"]
+    empty = _empty([*tables, *FIRST_LOAD_REFERENCED])
+    return empty if set(empty) & set(tables) else []
+
+
+def _empty(tables: list[str]) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT " + ", ".join(f"NOT EXISTS (SELECT 1 FROM {t})" for t in tables))  # noqa: S608
-        empty = cursor.fetchone()
-    return [t for t, is_empty in zip(tables, empty, strict=True) if is_empty]
+        return [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
 
 
 def set_aside(tables: list[str]) -> SetAside:
-    """Drop the secondary indexes and the foreign keys of those of ``tables`` still empty.
+    """Drop the secondary indexes of those of ``tables`` still empty, and the foreign keys between them.
 
-    A first load then writes 1.2M rows without updating a dozen B-trees and checking three
+    ``tables``: from :func:`first_load_tables`; those of FIRST_LOAD_REFERENCED are only locked.
+
+    A first load then writes 1.2M rows without updating a dozen B-trees and checking two
     foreign keys per row; :func:`restore` rebuilds them once at the end (a sort per index, one
     anti-join per key), which is several times cheaper. Unique indexes and primary keys stay
     (``ON CONFLICT`` and the merges rely on them, and other tables' foreign keys point at them),
@@ -124,10 +134,12 @@ def set_aside(tables: list[str]) -> SetAside:
     that the load left no duplicate.
 
     Only inside the run's one transaction (the caller's): the ``ACCESS EXCLUSIVE`` locks taken
-    here are held until it commits, so a concurrent reader of these (empty) tables waits for the
-    load to finish instead of seeing them without their indexes, and no concurrent writer can
-    add a row that the re-added foreign keys would refuse. A run that fails rolls the DROPs back
-    with everything else: the indexes and constraints are never missing outside this transaction.
+    here, on these empty tables and on no other, are held until it commits, so a concurrent
+    reader of them waits for the load to finish instead of seeing them without their indexes,
+    and no concurrent writer can add a row that the re-added foreign keys would refuse. (A table
+    that a concurrent commit filled between the two checks stays locked, and keeps its upkeep.)
+    A run that fails rolls the DROPs back with everything else: the indexes and constraints are
+    never missing outside this transaction.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("set_aside() must run inside the first load's transaction")
@@ -137,8 +149,8 @@ def set_aside(tables: list[str]) -> SetAside:
         # memory rather than in batches on disk: for this transaction only.
         cursor.execute("SET LOCAL work_mem = '64MB'")
         # Checked again under the lock: a row committed since first_load_tables() keeps its table's upkeep.
-        cursor.execute("SELECT " + ", ".join(f"NOT EXISTS (SELECT 1 FROM {t})" for t in tables))  # noqa: S608
-        tables = [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
+        locked = _empty(tables)
+        tables = [t for t in locked if t in FIRST_LOAD_TABLES]
         if not tables:
             return SetAside([], [], [])
         unique_too = [t for t in tables if t in FIRST_LOAD_UNIQUE_TOO]
@@ -151,13 +163,16 @@ def set_aside(tables: list[str]) -> SetAside:
             ORDER BY 1
         """, [tables, unique_too])
         indexes = cursor.fetchall()
-        # Foreign keys first (dropped first, added last), then primary keys and unique constraints.
+        # Foreign keys to the locked tables only: dropping one locks the table it refers to as well,
+        # and no other table may be locked for the load. Dropped first, added last; then primary
+        # keys and unique constraints.
         cursor.execute("""
             SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) FROM pg_constraint
-            WHERE conrelid = ANY(%s::regclass[]) AND (contype = 'f' OR contype IN ('p', 'u')
-                                                      AND conrelid = ANY(%s::regclass[]))
+            WHERE conrelid = ANY(%(t)s::regclass[])
+              AND (contype = 'f' AND confrelid = ANY(%(locked)s::regclass[])
+                   OR contype IN ('p', 'u') AND conrelid = ANY(%(u)s::regclass[]))
             ORDER BY contype = 'f' DESC, 1, 2
-        """, [tables, unique_too])
+        """, {"t": tables, "locked": locked, "u": unique_too})
         constraints = cursor.fetchall()
         for table, name, _ in constraints:
             cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
@@ -176,6 +191,9 @@ def restore(aside: SetAside) -> int:
     """
     removed, deduplicated = 0, False
     with connection.cursor() as cursor:
+        # ALTER TABLE refuses a table with deferred checks pending (of the foreign keys kept, to
+        # tables not set aside): run them now, as the commit would have.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         # Index builds sort in memory rather than in temporary files (until the transaction ends).
         cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
         for table, name, definition in aside.constraints:
@@ -190,6 +208,8 @@ def restore(aside: SetAside) -> int:
                 cursor.execute(_REMOVE_DUPLICATE_GRANTS)
                 removed, deduplicated = cursor.rowcount, True
                 cursor.execute(definition)
+        # Back to checks at commit: Django declares every foreign key DEFERRABLE INITIALLY DEFERRED.
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
     return removed
 
 
