@@ -11,6 +11,13 @@ worker's database session: a run whose worker dies loses them and deletes nothin
 whose session was replaced midway fails on the missing table instead of deleting what it never
 recorded. Bad records are reported and skipped.
 
+A big first load (the tables it fills are empty: a tenant's first sync) runs in one
+transaction with those tables' secondary indexes and the foreign keys between them dropped
+(:func:`set_aside`) and rebuilt from their catalog definitions in :func:`finish`
+(:func:`restore`): a sort per index instead of per-row upkeep of a dozen B-trees. It holds
+``ACCESS EXCLUSIVE`` locks on those empty tables until it commits, and a failure rolls all of
+it back, indexes and constraints included.
+
 The run's :class:`SyncState` carries what one chunk tells the next: whether this is the first
 load of the application's grants (no lookup of existing grants then) and whether anything
 that manager links and paths depend on changed (else :func:`finish` skips the tree rebuild).

@@ -4,6 +4,9 @@ Each chunk commits on its own (bounded transactions, visible progress). Nothing 
 until the last chunk arrived and :func:`engine.finish` ran, so a run that dies midway leaves
 only additions and updates behind, and the next run completes the picture.
 
+A big first load is the exception: it runs in one transaction (see :mod:`.engine`), all or
+nothing, its progress written through a second connection so that it stays visible.
+
 A hosted connector fetches chunk N+1 in a background thread while chunk N is merged: the
 merge mostly waits on PostgreSQL (the GIL is released), so on two cores reading the source and
 writing the database overlap instead of adding up. Memory holds at most two chunks. An agent-mode
