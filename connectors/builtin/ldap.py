@@ -690,8 +690,8 @@ class LdapConnector(Connector):
                 vendor = " ".join(_values(root, "vendorName") + _values(root, "vendorVersion"))
                 if vendor:
                     details["vendor"] = vendor
-            return TestConnectionResponse(success=True, message="bound with the configured credentials; base_dn readable",
-                                          details=details)
+            return TestConnectionResponse(success=True, details=details,
+                                          message="bound with the configured credentials; base_dn readable")
         except LDAPException as exc:
             return TestConnectionResponse(success=False, message=_scrub(f"LDAP error: {exc}", settings.password))
         finally:
