@@ -77,6 +77,7 @@ class SetAside:
     """The secondary indexes and foreign keys :func:`set_aside` dropped, as the catalog defined them."""
 
     tables: list[str]
+    unique_too: list[str]  # the tables whose primary key and unique indexes were dropped too
     indexes: list[tuple[str, str]]  # (table, CREATE INDEX statement from pg_get_indexdef)
     constraints: list[tuple[str, str, str]]  # (table, name, pg_get_constraintdef), in the order to add them
 
@@ -159,8 +160,12 @@ def set_aside(tables: list[str]) -> SetAside:
         locked = _empty(tables)
         tables = [t for t in locked if t in FIRST_LOAD_TABLES]
         if not tables:
-            return SetAside([], [], [])
-        unique_too = [t for t in tables if t in FIRST_LOAD_UNIQUE_TOO]
+            return SetAside([], [], [], [])
+        # A primary key or unique index that a foreign key stands on stays (none does today).
+        cursor.execute("SELECT confrelid::regclass::text FROM pg_constraint WHERE contype = 'f' "
+                       "AND confrelid = ANY(%s::regclass[])", [list(FIRST_LOAD_UNIQUE_TOO)])
+        referred = {row[0] for row in cursor.fetchall()}
+        unique_too = [t for t in tables if t in FIRST_LOAD_UNIQUE_TOO and t not in referred]
         cursor.execute("""
             SELECT format('%%I.%%I', n.nspname, c.relname), i.indrelid::regclass::text, pg_get_indexdef(i.indexrelid)
             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -185,7 +190,7 @@ def set_aside(tables: list[str]) -> SetAside:
             cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
         if indexes:
             cursor.execute("DROP INDEX " + ", ".join(name for name, _, _ in indexes))
-    return SetAside(tables, [(table, definition) for _, table, definition in indexes], constraints[::-1])
+    return SetAside(tables, unique_too, [(table, definition) for _, table, definition in indexes], constraints[::-1])
 
 
 def restore(aside: SetAside) -> int:
@@ -626,7 +631,7 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, response: Sync
         if not first_load and any(not account for _, account, _ in rows):
             cursor.execute(_EXISTING_IDENTITY_GRANTS)
         insert = _INSERT_GRANTS.format
-        if state.began_empty("access_grant"):
+        if state.began_empty("access_grant") and "access_grant" in state.set_aside.unique_too:
             # Nothing to end in finish() either: no seen ids to record.
             cursor.execute(_INSERT_GRANTS_UNINDEXED, {"connector": str(connector.pk)})
             created = cursor.rowcount
