@@ -350,11 +350,11 @@ def queue_run(connector, chunk_size: int) -> str:
 
     from django.db import transaction
 
+    from connectors import tasks
     from connectors.services import start_sync
-    from connectors.tasks import run_sync
 
     queued: list[str] = []
-    with mock.patch.object(run_sync, "delay", side_effect=lambda run_id: queued.append(run_id)), \
+    with mock.patch.object(tasks, "schedule_run", side_effect=lambda run_id, **_: queued.append(run_id)), \
             transaction.atomic():
         run, _ = start_sync(connector, incremental=False, chunk_size=chunk_size, requested_by="bench/sync.py")
     # on_commit ran the enqueue as the transaction committed

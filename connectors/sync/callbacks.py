@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 
 from connectors.models import SyncRun
 
@@ -27,12 +27,13 @@ def payload(run: SyncRun, sequence: int, final: bool) -> dict:
     }
 
 
-def send_progress(run: SyncRun, final: bool = False) -> None:
+def send_progress(run: SyncRun, final: bool = False, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Enqueue a progress report; ``using``: the connection the run writes its progress through."""
     if not run.callback_url:
         return
     run.callback_sequence += 1
     sequence = run.callback_sequence
-    SyncRun.objects.filter(pk=run.pk).update(callback_sequence=sequence)
+    SyncRun.objects.using(using).filter(pk=run.pk).update(callback_sequence=sequence)
     from django_tenants.utils import schema_context
 
     from connectors.tasks import post_callback

@@ -11,6 +11,13 @@ worker's database session: a run whose worker dies loses them and deletes nothin
 whose session was replaced midway fails on the missing table instead of deleting what it never
 recorded. Bad records are reported and skipped.
 
+A big first load (the tables it fills are empty: a tenant's first sync) runs in one
+transaction with those tables' secondary indexes and the foreign keys between them dropped
+(:func:`set_aside`) and rebuilt from their catalog definitions in :func:`finish`
+(:func:`restore`): a sort per index instead of per-row upkeep of a dozen B-trees. It holds
+``ACCESS EXCLUSIVE`` locks on those empty tables until it commits, and a failure rolls all of
+it back, indexes and constraints included.
+
 The run's :class:`SyncState` carries what one chunk tells the next: whether this is the first
 load of the application's grants (no lookup of existing grants then) and whether anything
 that manager links and paths depend on changed (else :func:`finish` skips the tree rebuild).
@@ -23,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from connectors.models import ConnectorInstance, SyncRun
 from connectors.protocol.v1 import RecordError, SyncResponse
@@ -57,9 +64,35 @@ class SyncState:
     identities_unplaced: int = 0
     # Rows this run inserted per table: after a big first load, fresh planner statistics.
     inserted: Counter = field(default_factory=Counter)
+    # A first load into empty tables: the index and foreign-key upkeep set aside until finish().
+    set_aside: SetAside | None = None
+
+    def began_empty(self, table: str) -> bool:
+        """Whether ``table`` was empty when this first load began: nothing in it to find or to end."""
+        return self.set_aside is not None and table in self.set_aside.tables
+
+
+@dataclass
+class SetAside:
+    """The secondary indexes and foreign keys :func:`set_aside` dropped, as the catalog defined them."""
+
+    tables: list[str]
+    unique_too: list[str]  # the tables whose primary key and unique indexes were dropped too
+    indexes: list[tuple[str, str]]  # (table, CREATE INDEX statement from pg_get_indexdef)
+    constraints: list[tuple[str, str, str]]  # (table, name, pg_get_constraintdef), in the order to add them
 
 
 ANALYZE_AFTER_ROWS = 10_000
+# A first load of at least this many records (the source's estimate) sets the index upkeep aside.
+FIRST_LOAD_MIN_RECORDS = 50_000
+# The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
+FIRST_LOAD_TABLES = ("identities_identity", "access_entitlement", "access_account", "access_grant")
+# Empty tables that those refer to but a sync does not fill: locked too when empty (no role can
+# be created during the load), so that the grants' foreign key to them is checked once, not per row.
+FIRST_LOAD_REFERENCED = ("access_role",)
+# Of those, the ones whose primary key and unique indexes go too: nothing refers to a grant, and
+# the first load of grants removes duplicates itself (_INSERT_GRANTS_UNINDEXED).
+FIRST_LOAD_UNIQUE_TOO = ("access_grant",)
 
 # Session temporary tables of what a full sync saw: (name, key type).
 SEEN_TABLES = {"rv_seen_identity": "text", "rv_seen_account": "text", "rv_seen_grant": "uuid"}
@@ -82,6 +115,116 @@ def begin(run: SyncRun, connector: ConnectorInstance) -> SyncState:
     return state
 
 
+def first_load_tables(connector: ConnectorInstance) -> list[str]:
+    """The tables this connector fills, and FIRST_LOAD_REFERENCED, that are empty now (none unless
+    one it fills is). No lock: :func:`set_aside` checks again under its own."""
+    tables = [t for t in FIRST_LOAD_TABLES if connector.authoritative or t != "identities_identity"]
+    empty = _empty([*tables, *FIRST_LOAD_REFERENCED])
+    return empty if set(empty) & set(tables) else []
+
+
+def _empty(tables: list[str]) -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(f"NOT EXISTS (SELECT 1 FROM {t})" for t in tables))  # noqa: S608
+        return [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
+
+
+def set_aside(tables: list[str]) -> SetAside:
+    """Drop the secondary indexes of those of ``tables`` still empty, and the foreign keys between them.
+
+    ``tables``: from :func:`first_load_tables`; those of FIRST_LOAD_REFERENCED are only locked.
+
+    A first load then writes 1.2M rows without updating a dozen B-trees and checking two
+    foreign keys per row; :func:`restore` rebuilds them once at the end (a sort per index, one
+    anti-join per key), which is several times cheaper. Unique indexes and primary keys stay
+    (``ON CONFLICT`` and the merges rely on them, and other tables' foreign keys point at them),
+    except on the tables of ``FIRST_LOAD_UNIQUE_TOO``: rebuilding them at the end also checks
+    that the load left no duplicate.
+
+    Only inside the run's one transaction (the caller's): the ``ACCESS EXCLUSIVE`` locks taken
+    here, on these empty tables and on no other, are held until it commits, so a concurrent
+    reader of them waits for the load to finish instead of seeing them without their indexes,
+    and no concurrent writer can add a row that the re-added foreign keys would refuse. (A table
+    that a concurrent commit filled between the two checks stays locked, and keeps its upkeep.)
+    A run that fails rolls the DROPs back with everything else: the indexes and constraints are
+    never missing outside this transaction.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("set_aside() must run inside the first load's transaction")
+    with connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+        # Chunk-sized hashes and sorts (200k grants), and the foreign-key checks of restore(), in
+        # memory rather than in batches on disk: for this transaction only.
+        cursor.execute("SET LOCAL work_mem = '64MB'")
+        # Checked again under the lock: a row committed since first_load_tables() keeps its table's upkeep.
+        locked = _empty(tables)
+        tables = [t for t in locked if t in FIRST_LOAD_TABLES]
+        if not tables:
+            return SetAside([], [], [], [])
+        # A primary key or unique index that a foreign key stands on stays (none does today).
+        cursor.execute("SELECT confrelid::regclass::text FROM pg_constraint WHERE contype = 'f' "
+                       "AND confrelid = ANY(%s::regclass[])", [list(FIRST_LOAD_UNIQUE_TOO)])
+        referred = {row[0] for row in cursor.fetchall()}
+        unique_too = [t for t in tables if t in FIRST_LOAD_UNIQUE_TOO and t not in referred]
+        cursor.execute("""
+            SELECT format('%%I.%%I', n.nspname, c.relname), i.indrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+            FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE i.indrelid = ANY(%s::regclass[])
+              AND (NOT i.indisunique OR i.indrelid = ANY(%s::regclass[]))
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+            ORDER BY 1
+        """, [tables, unique_too])
+        indexes = cursor.fetchall()
+        # Foreign keys to the locked tables only: dropping one locks the table it refers to as well,
+        # and no other table may be locked for the load. Dropped first, added last; then primary
+        # keys and unique constraints.
+        cursor.execute("""
+            SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) FROM pg_constraint
+            WHERE conrelid = ANY(%(t)s::regclass[])
+              AND (contype = 'f' AND confrelid = ANY(%(locked)s::regclass[])
+                   OR contype IN ('p', 'u') AND conrelid = ANY(%(u)s::regclass[]))
+            ORDER BY contype = 'f' DESC, 1, 2
+        """, {"t": tables, "locked": locked, "u": unique_too})
+        constraints = cursor.fetchall()
+        for table, name, _ in constraints:
+            cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+        if indexes:
+            cursor.execute("DROP INDEX " + ", ".join(name for name, _, _ in indexes))
+    return SetAside(tables, unique_too, [(table, definition) for _, table, definition in indexes], constraints[::-1])
+
+
+def restore(aside: SetAside) -> int:
+    """Rebuild what :func:`set_aside` dropped, under the same names and definitions (same transaction).
+
+    Each index build sorts the table once; each ``ADD CONSTRAINT ... FOREIGN KEY`` checks every
+    row in one join. A violation (a row referring to nothing) fails the run, which rolls the
+    whole load back. A unique index of the grants that finds a grant two chunks repeated is
+    built again after removing the repeats; returns how many grants were removed.
+    """
+    removed, deduplicated = 0, False
+    with connection.cursor() as cursor:
+        # ALTER TABLE refuses a table with deferred checks pending (of the foreign keys kept, to
+        # tables not set aside): run them now, as the commit would have.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        # Index builds sort in memory rather than in temporary files (until the transaction ends).
+        cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for table, name, definition in aside.constraints:
+            cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+        for table, definition in aside.indexes:
+            try:
+                with transaction.atomic():
+                    cursor.execute(definition)
+            except IntegrityError:
+                if table != "access_grant" or deduplicated:
+                    raise
+                cursor.execute(_REMOVE_DUPLICATE_GRANTS)
+                removed, deduplicated = cursor.rowcount, True
+                cursor.execute(definition)
+        # Back to checks at commit: Django declares every foreign key DEFERRABLE INITIALLY DEFERRED.
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+    return removed
+
+
 def discard() -> None:
     """Drop the seen tables of this session (a previous run that failed in this worker left them)."""
     with connection.cursor() as cursor:
@@ -98,9 +241,11 @@ def _copy(table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
                 copy.write_row(row)
 
 
-def _seen(state: SyncState, seen_table: str, table: str, key_sql: str) -> None:
-    """Record the chunk's keys (full sync only); no IF NOT EXISTS: a missing table fails the run."""
-    if not state.full:
+def _seen(state: SyncState, seen_table: str, table: str, key_sql: str, target: str) -> None:
+    """Record the chunk's keys (full sync only); no IF NOT EXISTS: a missing table fails the run.
+
+    Not when ``target`` began empty: all its rows are this run's, finish() ends none of them."""
+    if not state.full or state.began_empty(target):
         return
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO pg_temp.{seen_table} (key) SELECT {key_sql} FROM {table} s")  # noqa: S608
@@ -141,7 +286,7 @@ RETURNING i.id, o.department, o.title, o.location, o.status, o.manager_external_
 # known (an existing identity, or a new one of the same chunk, placed recursively): written once,
 # where linking and re-pathing them in finish() rewrote each row twice more (17 indexes each).
 # Who cannot be placed yet (manager not there yet, a cycle) gets path '' and finish() places them.
-_INSERT_IDENTITIES = """
+_INSERT_IDENTITIES_CTES = """
 WITH RECURSIVE new AS MATERIALIZED (
     SELECT gen_random_uuid() AS id, s.*
     FROM (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id) s
@@ -161,7 +306,8 @@ placed AS (
     SELECT n.id, n.external_id, t.id, t.path || replace(n.id::text, '-', '') || '/', t.depth + 1
     FROM new n JOIN placed t ON n.manager_external_id = t.external_id AND n.id <> t.id
     WHERE t.depth < 500
-)
+),
+ins AS (
 INSERT INTO identities_identity (id, external_id, email, first_name, last_name, display_name, department, title,
     location, employment_type, status, start_date, end_date, manager_external_id, manager_id, path, depth,
     attributes, source, created_at, updated_at)
@@ -169,8 +315,20 @@ SELECT n.id, n.external_id, n.email, n.first_name, n.last_name, n.display_name, 
     n.location, n.employment_type, n.status, n.start_date::date, n.end_date::date, n.manager_external_id,
     p.manager_id, COALESCE(p.path, ''), COALESCE(p.depth, 0), n.attributes::jsonb, %(source)s, now(), now()
 FROM new n LEFT JOIN placed p ON p.id = n.id
-RETURNING id, path = ''
-"""
+RETURNING id, path = '' AS unplaced
+)"""
+_INSERT_IDENTITIES = _INSERT_IDENTITIES_CTES + "\nSELECT id, unplaced FROM ins"
+
+# The same, when nothing needs the joiners in Python (no subscriber, no webhook subscription):
+# their events are written by the same statement (the rows lifecycle.record_events writes), and
+# only counts come back: no 20k ids per chunk sent to Python and back.
+_INSERT_IDENTITIES_AND_JOINERS = _INSERT_IDENTITIES_CTES + """,
+joined AS (
+    INSERT INTO identities_lifecycleevent (kind, identity_id, changes, source, occurred_at)
+    SELECT %(joiner)s, id, '{}'::jsonb, 'sync', now() FROM ins
+)
+SELECT count(*), count(*) FILTER (WHERE unplaced) FROM ins
+"""  # noqa: S608 (constants only)
 
 
 def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, result: ChunkResult) -> None:
@@ -200,16 +358,21 @@ def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, re
         # Joins against the CTEs (no index, no statistics) must hash: as nested loops they scan the
         # chunk once per new identity (seconds for 10k).
         cursor.execute("SET LOCAL enable_nestloop = off")
-        cursor.execute(_INSERT_IDENTITIES, source)
-        returned = cursor.fetchall()
+        if lifecycle.has_subscribers(lifecycle.JOINER) or has_subscriptions("identity.created"):
+            cursor.execute(_INSERT_IDENTITIES, source)
+            returned = cursor.fetchall()
+            inserted = [row[0] for row in returned]
+            created, unplaced = len(inserted), sum(1 for row in returned if row[1])
+        else:
+            cursor.execute(_INSERT_IDENTITIES_AND_JOINERS, {**source, "joiner": lifecycle.JOINER})
+            (created, unplaced), inserted = cursor.fetchone(), []
         cursor.execute("RESET enable_nestloop")
-    inserted = [row[0] for row in returned]
-    _seen(state, "rv_seen_identity", "stage_identity", "s.external_id")
-    state.identities_unplaced += sum(1 for row in returned if row[1])
-    state.inserted["identities_identity"] += len(inserted)
-    result.counts["identities_created"] += len(inserted)
+    _seen(state, "rv_seen_identity", "stage_identity", "s.external_id", "identities_identity")
+    state.identities_unplaced += unplaced
+    state.inserted["identities_identity"] += created
+    result.counts["identities_created"] += created
     result.counts["identities_updated"] += len(updated)
-    result.counts["identities_unchanged"] += len({r[0] for r in rows}) - len(inserted) - len(updated)
+    result.counts["identities_unchanged"] += len({r[0] for r in rows}) - created - len(updated)
     _identity_events(inserted, updated)
 
 
@@ -334,7 +497,7 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, response: Sy
     with connection.cursor() as cursor:
         cursor.execute(sql, {"app": connector.application_id, **params})
         created, updated, distinct = cursor.fetchone()
-    _seen(state, "rv_seen_account", "stage_account", "s.native_id")
+    _seen(state, "rv_seen_account", "stage_account", "s.native_id", "access_account")
     state.inserted["access_account"] += created
     result.counts["accounts_created"] += created
     result.counts["accounts_updated"] += updated
@@ -417,6 +580,31 @@ WITH ins AS (
 {record}
 """
 
+# A first load into an empty access_grant without its unique indexes: ON CONFLICT has nothing to
+# stand on. Duplicates within the chunk are removed here (DISTINCT); a grant repeated by two
+# chunks is rare, and found once at the end by the unique index build (_remove_duplicate_grants).
+_INSERT_GRANTS_UNINDEXED = """
+INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference, granted_by,
+    state, created_at)
+SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
+    'active', now()
+FROM (SELECT DISTINCT entitlement_id, account_id, CASE WHEN account_id IS NULL THEN identity_id END AS identity_id
+      FROM resolved_grant
+      WHERE entitlement_id IS NOT NULL AND (account_id IS NOT NULL OR identity_id IS NOT NULL)) r
+"""
+
+# Every grant in access_grant came from this first load: keep one of each (account or identity,
+# entitlement), the key of the unique indexes grant_sync_account_uniq and grant_sync_identity_uniq.
+_REMOVE_DUPLICATE_GRANTS = """
+DELETE FROM access_grant g USING (
+    SELECT id, row_number() OVER (PARTITION BY entitlement_id, account_id,
+                                  CASE WHEN account_id IS NULL THEN identity_id END ORDER BY id) AS n
+    FROM access_grant
+) d
+WHERE g.id = d.id AND d.n > 1
+"""
+
+
 def _merge_grants(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
                   result: ChunkResult) -> None:
     """Resolve the staged grants to ids, insert the new ones, record the ids of all (full sync).
@@ -443,7 +631,11 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, response: Sync
         if not first_load and any(not account for _, account, _ in rows):
             cursor.execute(_EXISTING_IDENTITY_GRANTS)
         insert = _INSERT_GRANTS.format
-        if state.full:
+        if state.began_empty("access_grant") and "access_grant" in state.set_aside.unique_too:
+            # Nothing to end in finish() either: no seen ids to record.
+            cursor.execute(_INSERT_GRANTS_UNINDEXED, {"connector": str(connector.pk)})
+            created = cursor.rowcount
+        elif state.full:
             cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
                            {"connector": str(connector.pk)})
             created = cursor.rowcount
@@ -549,6 +741,14 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     managers came before their reports, skip a rewrite of every identity.
     """
     counts: Counter = Counter()
+    # Tables that began empty hold only this run's rows: nothing there disappeared.
+    empty = {t for t in FIRST_LOAD_TABLES if state.began_empty(t)}
+    if state.set_aside is not None:
+        # Before ANALYZE: it gathers the statistics of expression indexes.
+        repeated = restore(state.set_aside)
+        state.set_aside = None
+        counts["grants_created"] -= repeated
+        counts["grants_unchanged"] += repeated
     with connection.cursor() as cursor:
         for table, rows in state.inserted.items():
             if rows >= ANALYZE_AFTER_ROWS:
@@ -558,6 +758,8 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     if relinked or state.identities_unplaced:
         counts["manager_cycles"] = len(rebuild_paths())
     if state.full:
+        counts.update(accounts_deleted=0, grants_deleted=0, **({"identities_deleted": 0} if connector.authoritative
+                                                               else {}))
         with connection.cursor() as cursor:
             # The seen tables have no index: the anti-joins below must be hash anti-joins. Fresh
             # statistics are not enough (a just-filled access_grant still looks empty to the
@@ -566,19 +768,21 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
             for table in SEEN_TABLES:
                 cursor.execute(f"ANALYZE pg_temp.{table}")
             cursor.execute("SET LOCAL enable_nestloop = off")
-            cursor.execute("""
-                UPDATE access_account a SET status = 'deleted', updated_at = now()
-                WHERE a.application_id = %s AND a.status <> 'deleted' AND NOT EXISTS (
-                    SELECT 1 FROM pg_temp.rv_seen_account s WHERE s.key = a.native_id)
-            """, [connector.application_id])
-            counts["accounts_deleted"] = cursor.rowcount
-            cursor.execute("""
-                UPDATE access_grant g SET state = 'ended', ended_at = now()
-                WHERE g.source = 'sync' AND g.source_reference = %s AND g.state = 'active'
-                  AND NOT EXISTS (SELECT 1 FROM pg_temp.rv_seen_grant s WHERE s.key = g.id)
-            """, [str(connector.pk)])
-            counts["grants_deleted"] = cursor.rowcount
-            if connector.authoritative:
+            if "access_account" not in empty:
+                cursor.execute("""
+                    UPDATE access_account a SET status = 'deleted', updated_at = now()
+                    WHERE a.application_id = %s AND a.status <> 'deleted' AND NOT EXISTS (
+                        SELECT 1 FROM pg_temp.rv_seen_account s WHERE s.key = a.native_id)
+                """, [connector.application_id])
+                counts["accounts_deleted"] = cursor.rowcount
+            if "access_grant" not in empty:
+                cursor.execute("""
+                    UPDATE access_grant g SET state = 'ended', ended_at = now()
+                    WHERE g.source = 'sync' AND g.source_reference = %s AND g.state = 'active'
+                      AND NOT EXISTS (SELECT 1 FROM pg_temp.rv_seen_grant s WHERE s.key = g.id)
+                """, [str(connector.pk)])
+                counts["grants_deleted"] = cursor.rowcount
+            if connector.authoritative and "identities_identity" not in empty:
                 cursor.execute("""
                     SELECT i.id FROM identities_identity i
                     WHERE i.status <> 'terminated' AND i.source = %s AND NOT EXISTS (

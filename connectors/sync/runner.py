@@ -4,6 +4,9 @@ Each chunk commits on its own (bounded transactions, visible progress). Nothing 
 until the last chunk arrived and :func:`engine.finish` ran, so a run that dies midway leaves
 only additions and updates behind, and the next run completes the picture.
 
+A big first load is the exception: it runs in one transaction (see :mod:`.engine`), all or
+nothing, its progress written through a second connection so that it stays visible.
+
 A hosted connector fetches chunk N+1 in a background thread while chunk N is merged: the
 merge mostly waits on PostgreSQL (the GIL is released), so on two cores reading the source and
 writing the database overlap instead of adding up. Memory holds at most two chunks. An agent-mode
@@ -16,17 +19,19 @@ missing agent never holds a worker; it fails after ``SYNC_AGENT_MAX_WAIT_SECONDS
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from connectors.base import ConnectorError, SyncCancelled
 from connectors.models import SyncRecordError, SyncRun
-from connectors.protocol.v1 import SyncRequest
+from connectors.protocol.v1 import SyncRequest, SyncResponse
 from rapidvalue.audit import services as audit
 
 from . import callbacks, engine
@@ -111,47 +116,55 @@ def execute(run_id) -> str:
     try:
         dispatcher = dispatcher_for(connector, run)
         state = engine.begin(run, connector)
-        pending = fetch(None)
-        while True:
-            if SyncRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
-                _finish(run, SyncRun.Status.CANCELLED)
-                return run.status
-            response = pending.result()
-            pending = None
-            if not response.success:
-                _finish(run, SyncRun.Status.FAILED, response.error or "connector reported failure")
-                return run.status
-            if response.has_more:
-                pending = fetch(response.next_cursor)  # read the next chunk while this one merges
+        first = fetch(None).result()
+        bulk = _first_load_tables(connector, first)
+        # A big first load runs in one transaction, its index and foreign-key upkeep set aside
+        # (engine.set_aside): all or nothing, where other runs commit chunk by chunk.
+        with _progress_alias(bool(bulk)) as using, transaction.atomic() if bulk else contextlib.nullcontext():
+            if bulk:
+                state.set_aside = engine.set_aside(bulk)
+            response = first
+            del first
+            while True:
+                if SyncRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
+                    raise SyncCancelled()
+                if not response.success:
+                    raise _ConnectorFailed(response.error or "connector reported failure")
+                if response.has_more:
+                    pending = fetch(response.next_cursor)  # read the next chunk while this one merges
+                with transaction.atomic():
+                    result = engine.merge_chunk(run, connector, response, state)
+                    SyncRecordError.objects.bulk_create(
+                        SyncRecordError(run=run, kind=e.kind, key=(e.key or "")[:500],
+                                        location=(e.location or "")[:500], error=e.error) for e in result.errors
+                    )
+                    for key, value in result.counts.items():
+                        totals[key] = totals.get(key, 0) + value
+                    run.processed += response.record_count
+                    run.total_estimate = response.total_estimate or run.total_estimate
+                    if run.total_estimate:
+                        run.progress = min(99, int(100 * min(run.processed, run.total_estimate)
+                                                   / run.total_estimate))
+                    SyncRun.objects.using(using).filter(pk=run.pk).update(
+                        counts=totals, processed=run.processed, heartbeat_at=timezone.now(),
+                        total_estimate=run.total_estimate, progress=run.progress)
+                    run.counts = totals
+                callbacks.send_progress(run, using=using)
+                del response, result  # the next chunk is already in memory: keep at most two
+                if pending is None:
+                    break
+                response, pending = pending.result(), None
             with transaction.atomic():
-                result = engine.merge_chunk(run, connector, response, state)
-                SyncRecordError.objects.bulk_create(
-                    SyncRecordError(run=run, kind=e.kind, key=(e.key or "")[:500], location=(e.location or "")[:500],
-                                    error=e.error) for e in result.errors
-                )
-                for key, value in result.counts.items():
+                for key, value in engine.finish(run, connector, state).items():
                     totals[key] = totals.get(key, 0) + value
-                run.processed += response.record_count
-                run.total_estimate = response.total_estimate or run.total_estimate
-                if run.total_estimate:
-                    run.progress = min(99, int(100 * min(run.processed, run.total_estimate) / run.total_estimate))
-                SyncRun.objects.filter(pk=run.pk).update(counts=totals, processed=run.processed,
-                                                         heartbeat_at=timezone.now(),
-                                                         total_estimate=run.total_estimate, progress=run.progress)
-                run.counts = totals
-            callbacks.send_progress(run)
-            del response, result  # the next chunk is already in memory: keep at most two
-            if pending is None:
-                break
-        with transaction.atomic():
-            for key, value in engine.finish(run, connector, state).items():
-                totals[key] = totals.get(key, 0) + value
-            SyncRun.objects.filter(pk=run.pk).update(counts=totals)
-            connector.last_success_at = run.started_at
-            connector.save(update_fields=["last_success_at"])
-            audit.record("connector.sync_complete", "sync_run", run.pk,
-                         after=totals)
+                SyncRun.objects.filter(pk=run.pk).update(counts=totals)
+                connector.last_success_at = run.started_at
+                connector.save(update_fields=["last_success_at"])
+                audit.record("connector.sync_complete", "sync_run", run.pk,
+                             after=totals)
         _finish(run, SyncRun.Status.SUCCEEDED)
+    except _ConnectorFailed as exc:
+        _finish(run, SyncRun.Status.FAILED, str(exc))
     except SyncCancelled:
         _finish(run, SyncRun.Status.CANCELLED)
     except Exception as exc:
@@ -164,6 +177,40 @@ def execute(run_id) -> str:
         if run.status != SyncRun.Status.SUCCEEDED:
             _discard_quietly()
     return run.status
+
+
+class _ConnectorFailed(Exception):
+    """The connector answered ``success: false``: the run fails with its message."""
+
+
+def _first_load_tables(connector, first: SyncResponse) -> list[str]:
+    """The empty tables a first load big enough to pay for rebuilding their indexes will fill."""
+    if not first.success or max(first.total_estimate or 0, first.record_count) < engine.FIRST_LOAD_MIN_RECORDS:
+        return []
+    return engine.first_load_tables(connector)
+
+
+@contextlib.contextmanager
+def _progress_alias(separate: bool) -> Iterator[str]:
+    """The database alias a run writes its progress through: its own, or a second connection.
+
+    A first load's one transaction would keep its progress invisible until the end, and hold
+    the run's row lock all along (a cancel request would wait for the whole load). So when
+    ``separate`` and the run is not already inside a transaction of its caller's (whose rows a
+    second connection could not see), progress goes through a connection of its own, in autocommit.
+    """
+    if not separate or connection.in_atomic_block:
+        yield DEFAULT_DB_ALIAS
+        return
+    alias = "sync-progress"
+    side = connections.create_connection(DEFAULT_DB_ALIAS)
+    side.set_tenant(connection.tenant)
+    connections[alias] = side
+    try:
+        yield alias
+    finally:
+        del connections[alias]
+        side.close()
 
 
 def _discard_quietly() -> None:
