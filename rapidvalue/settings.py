@@ -77,6 +77,9 @@ SYNC_AGENT_QUEUE = os.environ.get("RAPIDVALUE_SYNC_AGENT_QUEUE", "agent-syncs")
 # this many seconds (still queued, its status_detail says why), and fails after SYNC_AGENT_MAX_WAIT.
 SYNC_AGENT_RECHECK_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_RECHECK_SECONDS", "30"))
 SYNC_AGENT_MAX_WAIT_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_MAX_WAIT_SECONDS", str(24 * 3600)))
+# A hosted full sync into empty tables of at least this many records (the source's estimate) is a
+# "first load": one transaction, the tables' index and foreign-key upkeep set aside and rebuilt.
+SYNC_FIRST_LOAD_MIN_RECORDS = int(os.environ.get("RAPIDVALUE_SYNC_FIRST_LOAD_MIN_RECORDS", "50000"))
 # A page queued for an agent that went offline mid-run: the run fails after this (nothing deleted)
 # instead of holding its worker for the whole AGENT_JOB_TIMEOUT_SECONDS.
 SYNC_AGENT_OFFLINE_GRACE_SECONDS = int(os.environ.get("RAPIDVALUE_SYNC_AGENT_OFFLINE_GRACE_SECONDS", "600"))

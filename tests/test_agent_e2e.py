@@ -51,6 +51,9 @@ SERVER_ENV = {
     "RAPIDVALUE_AGENT_JOB_TIMEOUT_SECONDS": "120",
     "RAPIDVALUE_ALLOW_PRIVATE_TARGETS": "1",  # the hosted comparison run reaches slapd on loopback
     "RAPIDVALUE_SYNC_AGENT_RECHECK_SECONDS": "1",  # a run deferred for an offline agent looks again soon
+    # The hosted comparison run is a first load (one transaction, upkeep set aside); the agent's must
+    # not be, else its later pages' jobs stay uncommitted and the agent never sees them.
+    "RAPIDVALUE_SYNC_FIRST_LOAD_MIN_RECORDS": "1",
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import ClassVar
 from unittest import mock
 
@@ -196,8 +195,10 @@ def loaded() -> dict:
 
 def load(world, connector, chunks, *, first_load: bool) -> tuple[SyncRun, list, dict, mock.Mock]:
     """One run in a savepoint rolled back afterwards: (run, catalog after, data after, set_aside spy)."""
+    from django.test import override_settings
+
     threshold = 0 if first_load else 10**9
-    with mock.patch.object(engine, "FIRST_LOAD_MIN_RECORDS", threshold), \
+    with override_settings(SYNC_FIRST_LOAD_MIN_RECORDS=threshold), \
             mock.patch.object(engine, "set_aside", wraps=engine.set_aside) as spy, transaction.atomic():
         run = sync(world, connector, chunks)
         after = in_acme(world, lambda: (catalog(), loaded()))
@@ -235,21 +236,40 @@ def test_a_first_load_keeps_the_upkeep_of_tables_that_are_not_empty(world, conne
     assert len(rows["accounts"]) == 4 and len(rows["grants"]) == 4
 
 
+# Real failures, raised by PostgreSQL itself: a trigger refuses the second chunk's account, or
+# corrupts the grants' entitlement ids so that re-adding their foreign key in finish() fails.
+FAULTS = {
+    "chunk": """
+        CREATE FUNCTION pg_temp.rv_refuse() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'directory row refused'; END $$;
+        CREATE TRIGGER rv_fault BEFORE INSERT ON access_account FOR EACH ROW
+            WHEN (NEW.native_id = 'a3') EXECUTE FUNCTION pg_temp.rv_refuse();
+    """,
+    "restore": """
+        CREATE FUNCTION pg_temp.rv_corrupt() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN NEW.entitlement_id := gen_random_uuid(); RETURN NEW; END $$;
+        CREATE TRIGGER rv_fault BEFORE INSERT ON access_grant FOR EACH ROW EXECUTE FUNCTION pg_temp.rv_corrupt();
+    """,
+}
+
+
 @pytest.mark.parametrize("failure", ["connector", "chunk", "restore"])
-def test_a_failed_first_load_leaves_every_index_constraint_and_no_row(world, connector, failure):
+def test_a_failed_first_load_leaves_every_index_constraint_and_no_row(world, connector, failure, settings):
+    settings.SYNC_FIRST_LOAD_MIN_RECORDS = 0
     before = in_acme(world, catalog)
     chunks = [*FIRST_LOAD_CHUNKS, {"success": False}] if failure == "connector" else FIRST_LOAD_CHUNKS
-    breaks = {
-        "connector": contextlib.nullcontext(),
-        "chunk": mock.patch.object(engine, "_merge_accounts", side_effect=[None, RuntimeError("boom")]),
-        # In finish(): the foreign keys are back, an index is not yet (the repeated grant's removal fails).
-        "restore": mock.patch.object(engine, "_REMOVE_DUPLICATE_GRANTS", "SELECT * FROM no_such_table"),
-    }
-    with breaks[failure], mock.patch.object(engine, "FIRST_LOAD_MIN_RECORDS", 0), \
-            mock.patch.object(engine, "set_aside", wraps=engine.set_aside) as spy:
+    if failure in FAULTS:
+        in_acme(world, lambda: connection.cursor().execute(FAULTS[failure]))
+    with mock.patch.object(engine, "set_aside", wraps=engine.set_aside) as spy:
         run = sync(world, connector, chunks)
     spy.assert_called_once()
     assert run.status == "failed"
+    expected = {"connector": "connector reported failure", "chunk": "directory row refused",
+                "restore": "violates foreign key constraint"}[failure]
+    assert expected in run.error
+    if failure in FAULTS:
+        in_acme(world, lambda: connection.cursor().execute(
+            f"DROP TRIGGER rv_fault ON {'access_account' if failure == 'chunk' else 'access_grant'}"))
     assert in_acme(world, catalog) == before
     assert in_acme(world, lambda: (Identity.objects.count(), Account.objects.count(), Grant.objects.count())) \
         == (0, 0, 0)

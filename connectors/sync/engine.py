@@ -83,8 +83,6 @@ class SetAside:
 
 
 ANALYZE_AFTER_ROWS = 10_000
-# A first load of at least this many records (the source's estimate) sets the index upkeep aside.
-FIRST_LOAD_MIN_RECORDS = 50_000
 # The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
 FIRST_LOAD_TABLES = ("identities_identity", "access_entitlement", "access_account", "access_grant")
 # Empty tables that those refer to but a sync does not fill: locked too when empty (no role can

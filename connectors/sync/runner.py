@@ -117,7 +117,9 @@ def execute(run_id) -> str:
         dispatcher = dispatcher_for(connector, run)
         state = engine.begin(run, connector)
         first = fetch(None).result()
-        bulk = _first_load_tables(connector, first)
+        # Not through an agent: each page is a job the agent must see committed, which one
+        # transaction around the whole load would hide from it until the load timed out.
+        bulk = _first_load_tables(connector, first) if dispatcher.mode == "hosted" else []
         # A big first load runs in one transaction, its index and foreign-key upkeep set aside
         # (engine.set_aside): all or nothing, where other runs commit chunk by chunk.
         with _progress_alias(bool(bulk)) as using, transaction.atomic() if bulk else contextlib.nullcontext():
@@ -185,7 +187,7 @@ class _ConnectorFailed(Exception):
 
 def _first_load_tables(connector, first: SyncResponse) -> list[str]:
     """The empty tables a first load big enough to pay for rebuilding their indexes will fill."""
-    if not first.success or max(first.total_estimate or 0, first.record_count) < engine.FIRST_LOAD_MIN_RECORDS:
+    if not first.success or max(first.total_estimate or 0, first.record_count) < settings.SYNC_FIRST_LOAD_MIN_RECORDS:
         return []
     return engine.first_load_tables(connector)
 
