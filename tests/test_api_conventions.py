@@ -293,6 +293,12 @@ class TestReviewFindings:
         email = "a" * 250 + "@acme.test"
         assert_error(api().post("/api/v1/auth/login", {"email": email, "password": "x", "tenant": "acme"}), 400)
 
+    def test_max_length_counts_what_was_sent_not_what_is_left_after_trimming(self, api, world):
+        client = api("acme", "admin")
+        padded = "\f" + "n" * 100  # 101 sent; DRF alone would trim to 100 and accept it
+        assert_error(client.post("/api/v1/agents", {"name": padded}), 400, "invalid")
+        assert client.post("/api/v1/agents", {"name": "n" * 100}).status_code == 201
+
     def test_nul_in_json_is_400(self, api, world):
         body = {"external_id": "nul", "attributes": {"a": "\u0000"}}
         response = api("acme", "admin").post("/api/v1/identities", body)

@@ -58,6 +58,10 @@ class StrictJSONTypesMixin:
                 if expected and _wrong_type(value, expected):
                     kind = {bool: "boolean", int: "integer", str: "string"}.get(expected[0], "number")
                     errors[name] = [f"Must be a JSON {kind}."]
+                elif (isinstance(field, serializers.CharField) and field.max_length is not None
+                      and isinstance(value, str) and len(value) > field.max_length):
+                    # maxLength applies to what was sent: DRF would measure it after trimming whitespace.
+                    errors[name] = [f"Ensure this field has no more than {field.max_length} characters."]
             if errors:
                 raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
