@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from connectors import builtin  # noqa: F401 - registers the built-in connector types
-from connectors.base import Connector, ConnectorError, connector_class
+from connectors.base import Connector, ConnectorError, connector_class, has_path
 from connectors.protocol.v1 import (
     ProvisioningRequest,
     SyncRequest,
@@ -35,18 +35,6 @@ def _local(config: AgentConfig, job: dict[str, Any]):
     return local
 
 
-_MISSING = object()
-
-
-def _at(config: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = config
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return _MISSING
-        value = value[key]
-    return value
-
-
 def effective_config(cls: type[Connector], server: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     """The server's settings (mapping, filters, paging) under the agent's own config.
 
@@ -56,8 +44,7 @@ def effective_config(cls: type[Connector], server: dict[str, Any], local: dict[s
     """
     merged = {**server, **local}
     for path in cls.local_only_paths(merged):
-        server_value, local_value = _at(server, path), _at(local, path)
-        if server_value is not _MISSING and local_value is _MISSING:
+        if has_path(server, path) and not has_path(local, path):
             raise ConnectorError(f"the server's config sets {'.'.join(path)}, which the agent takes only from its "
                                  "local config: set it there (connection targets never come from the server)")
     return merged

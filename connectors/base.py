@@ -71,7 +71,8 @@ class Connector(ABC):
         return [(key,) for key in cls.local_only_config]
 
 
-def _has(config: dict, path: tuple[str, ...]) -> bool:
+def has_path(config: dict, path: tuple[str, ...]) -> bool:
+    """Whether the nested key ``path`` is set in ``config`` (for local-only keys such as ``("identities", "path")``)."""
     for key in path:
         if not isinstance(config, dict) or key not in config:
             return False
@@ -82,7 +83,7 @@ def _has(config: dict, path: tuple[str, ...]) -> bool:
 def local_only_set(connector_type: str, config: dict) -> list[str]:
     """The local-only keys (dotted) present in a server-side config: an agent would refuse its jobs."""
     cls = connector_class(connector_type)
-    return [".".join(path) for path in cls.local_only_paths(config) if _has(config, path)]
+    return [".".join(path) for path in cls.local_only_paths(config) if has_path(config, path)]
 
 
 def without_local_only(connector_type: str, config: dict) -> dict:

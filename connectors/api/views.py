@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
@@ -7,6 +8,7 @@ from rest_framework.response import Response
 
 from connectors import services
 from connectors.models import ConnectorInstance, SyncRecordError, SyncRun
+from rapidvalue.api.errors import Conflict
 from rapidvalue.api.views import UUID_LOOKUP, PlatformAPIView, PlatformGenericViewSet, PlatformModelViewSet
 
 from .serializers import (
@@ -109,10 +111,6 @@ class IdentitySyncView(PlatformAPIView):
 
     @extend_schema(request=SyncStartSerializer, responses={202: SyncStartedSerializer(many=True)})
     def post(self, request):
-        from django.db import transaction
-
-        from rapidvalue.api.errors import Conflict
-
         body = SyncStartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
