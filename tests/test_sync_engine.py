@@ -231,7 +231,8 @@ def test_a_first_load_keeps_the_upkeep_of_tables_that_are_not_empty(world, conne
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     run, after, rows, spy = load(world, connector, FIRST_LOAD_CHUNKS, first_load=True)
     assert run.status == "succeeded", run.error
-    spy.assert_called_once_with(["identities_identity", "access_entitlement", "access_grant", "access_role"])
+    spy.assert_called_once_with(["identities_identity", "identities_lifecycleevent", "access_entitlement",
+                                 "access_grant", "access_role"])
     assert after == in_acme(world, catalog)
     assert len(rows["accounts"]) == 4 and len(rows["grants"]) == 4
 

@@ -26,6 +26,7 @@ that manager links and paths depend on changed (else :func:`finish` skips the tr
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -50,6 +51,25 @@ CORRELATION_IDENTITY = {"email": "upper(i.email)", "external_id": "upper(i.exter
 class ChunkResult:
     counts: Counter = field(default_factory=Counter)
     errors: list[RecordError] = field(default_factory=list)
+
+
+@dataclass
+class Staged:
+    """A chunk's records as the rows COPYed into the staging tables, and what was refused on the way.
+
+    Built by :func:`stage` from the connector's answer without the database, so the runner does it
+    in its fetch thread while the previous chunk merges: the merge then spends its time in
+    PostgreSQL, not in Python contending with the fetch for the interpreter lock.
+    """
+
+    identities: list[tuple] = field(default_factory=list)
+    entitlements: list[tuple] = field(default_factory=list)
+    accounts: list[tuple] = field(default_factory=list)
+    grants: list[tuple] = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
+    distinct_identities: int = 0
+    distinct_entitlements: int = 0
+    records: int = 0  # as the connector counted them (SyncResponse.record_count)
 
 
 @dataclass
@@ -83,13 +103,23 @@ class SetAside:
 
 
 ANALYZE_AFTER_ROWS = 10_000
+SYNC_WORK_MEM = "64MB"
+# The id of each row an INSERT ... SELECT creates: the statement's random prefix (a version-4 UUID's
+# first 20 hex digits, from _id_prefix()) and the row's number in its last 12. gen_random_uuid()
+# costs 1.5 us a row here (OpenSSL), a tenth of a first load's grant insert; these ids are as
+# unique (80 random bits per statement), and consecutive within a statement (B-tree locality).
+NEW_ID = "(%(ids)s || lpad(to_hex(row_number() OVER ()), 12, '0'))::uuid"
 # The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
-FIRST_LOAD_TABLES = ("identities_identity", "access_entitlement", "access_account", "access_grant")
+# The joiners' lifecycle events too: written by the identities INSERT, 100k of them at a first load.
+FIRST_LOAD_TABLES = ("identities_identity", "identities_lifecycleevent", "access_entitlement", "access_account",
+                     "access_grant")
+# Filled only by an authoritative source (identities and their joiner events).
+IDENTITY_TABLES = ("identities_identity", "identities_lifecycleevent")
 # Empty tables that those refer to but a sync does not fill: locked too when empty (no role can
 # be created during the load), so that the grants' foreign key to them is checked once, not per row.
 FIRST_LOAD_REFERENCED = ("access_role",)
 # Of those, the ones whose primary key and unique indexes go too: nothing refers to a grant, and
-# the first load of grants removes duplicates itself (_INSERT_GRANTS_UNINDEXED).
+# the first load of grants removes duplicates at the end (_REMOVE_DUPLICATE_GRANTS).
 FIRST_LOAD_UNIQUE_TOO = ("access_grant",)
 
 # Session temporary tables of what a full sync saw: (name, key type).
@@ -116,7 +146,7 @@ def begin(run: SyncRun, connector: ConnectorInstance) -> SyncState:
 def first_load_tables(connector: ConnectorInstance) -> list[str]:
     """The tables this connector fills, and FIRST_LOAD_REFERENCED, that are empty now (none unless
     one it fills is). No lock: :func:`set_aside` checks again under its own."""
-    tables = [t for t in FIRST_LOAD_TABLES if connector.authoritative or t != "identities_identity"]
+    tables = [t for t in FIRST_LOAD_TABLES if connector.authoritative or t not in IDENTITY_TABLES]
     empty = _empty([*tables, *FIRST_LOAD_REFERENCED])
     return empty if set(empty) & set(tables) else []
 
@@ -151,9 +181,6 @@ def set_aside(tables: list[str]) -> SetAside:
         raise RuntimeError("set_aside() must run inside the first load's transaction")
     with connection.cursor() as cursor:
         cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
-        # Chunk-sized hashes and sorts (200k grants), and the foreign-key checks of restore(), in
-        # memory rather than in batches on disk: for this transaction only.
-        cursor.execute("SET LOCAL work_mem = '64MB'")
         # Checked again under the lock: a row committed since first_load_tables() keeps its table's upkeep.
         locked = _empty(tables)
         tables = [t for t in locked if t in FIRST_LOAD_TABLES]
@@ -223,6 +250,13 @@ def restore(aside: SetAside) -> int:
     return removed
 
 
+def _use_work_mem() -> None:
+    """Chunk-sized hashes and sorts (200k grants; 1M seen keys in finish()) in memory rather than
+    spilled to disk in batches: for the caller's transaction only."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL work_mem = '{SYNC_WORK_MEM}'")
+
+
 def discard() -> None:
     """Drop the seen tables of this session (a previous run that failed in this worker left them)."""
     with connection.cursor() as cursor:
@@ -249,6 +283,11 @@ def _seen(state: SyncState, seen_table: str, table: str, key_sql: str, target: s
         cursor.execute(f"INSERT INTO pg_temp.{seen_table} (key) SELECT {key_sql} FROM {table} s")  # noqa: S608
 
 
+def _id_prefix() -> str:
+    """A fresh random prefix for the ids one INSERT creates (see NEW_ID)."""
+    return str(uuid.uuid4())[:24]
+
+
 def _valid_date(value: str | None) -> str | None:
     if not value:
         return None
@@ -260,11 +299,21 @@ def _valid_date(value: str | None) -> str | None:
 _IDENTITY_COLUMNS = ("external_id", *IDENTITY_TEXT, "employment_type", "status", "start_date", "end_date",
                      "manager_external_id", "attributes")
 
+_IDENTITY_DIFFERS = """(i.email, i.first_name, i.last_name, i.display_name, i.department, i.title, i.location,
+        i.employment_type, i.status, i.start_date, i.end_date, i.manager_external_id, i.attributes)
+    IS DISTINCT FROM (s.email, s.first_name, s.last_name, s.display_name, s.department, s.title, s.location,
+        s.employment_type, s.status, s.start_date::date, s.end_date::date, s.manager_external_id,
+        s.attributes::jsonb)"""
+
+# Only the rows that differ are locked (their old values read for the mover events) and written: a
+# resync locked every identity of the chunk before, which wrote each of their pages.
 _UPDATE_IDENTITIES = """
 WITH src AS (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id),
 old AS (
     SELECT i.id, i.external_id, i.department, i.title, i.location, i.status, i.manager_external_id
-    FROM identities_identity i JOIN src USING (external_id) FOR UPDATE OF i
+    FROM identities_identity i JOIN src s USING (external_id)
+    WHERE """ + _IDENTITY_DIFFERS + """
+    FOR UPDATE OF i
 )
 UPDATE identities_identity i SET
     email = s.email, first_name = s.first_name, last_name = s.last_name, display_name = s.display_name,
@@ -273,12 +322,9 @@ UPDATE identities_identity i SET
     manager_external_id = s.manager_external_id, attributes = s.attributes::jsonb, source = %(source)s,
     updated_at = now()
 FROM src s JOIN old o USING (external_id)
-WHERE i.id = o.id AND (i.email, i.first_name, i.last_name, i.display_name, i.department, i.title, i.location,
-        i.employment_type, i.status, i.start_date, i.end_date, i.manager_external_id, i.attributes)
-    IS DISTINCT FROM (s.email, s.first_name, s.last_name, s.display_name, s.department, s.title, s.location,
-        s.employment_type, s.status, s.start_date::date, s.end_date::date, s.manager_external_id, s.attributes::jsonb)
+WHERE i.id = o.id AND """ + _IDENTITY_DIFFERS + """
 RETURNING i.id, o.department, o.title, o.location, o.status, o.manager_external_id
-"""
+"""  # noqa: S608 (constants only)
 
 # New identities are inserted with their manager link and path already set when the manager is
 # known (an existing identity, or a new one of the same chunk, placed recursively): written once,
@@ -286,7 +332,7 @@ RETURNING i.id, o.department, o.title, o.location, o.status, o.manager_external_
 # Who cannot be placed yet (manager not there yet, a cycle) gets path '' and finish() places them.
 _INSERT_IDENTITIES_CTES = """
 WITH RECURSIVE new AS MATERIALIZED (
-    SELECT gen_random_uuid() AS id, s.*
+    SELECT """ + NEW_ID + """ AS id, s.*
     FROM (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id) s
     WHERE NOT EXISTS (SELECT 1 FROM identities_identity i WHERE i.external_id = s.external_id)
 ),
@@ -314,7 +360,7 @@ SELECT n.id, n.external_id, n.email, n.first_name, n.last_name, n.display_name, 
     p.manager_id, COALESCE(p.path, ''), COALESCE(p.depth, 0), n.attributes::jsonb, %(source)s, now(), now()
 FROM new n LEFT JOIN placed p ON p.id = n.id
 RETURNING id, path = '' AS unplaced
-)"""
+)"""  # noqa: S608 (constants only)
 _INSERT_IDENTITIES = _INSERT_IDENTITIES_CTES + "\nSELECT id, unplaced FROM ins"
 
 # The same, when nothing needs the joiners in Python (no subscriber, no webhook subscription):
@@ -329,7 +375,7 @@ SELECT count(*), count(*) FILTER (WHERE unplaced) FROM ins
 """  # noqa: S608 (constants only)
 
 
-def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, result: ChunkResult) -> None:
+def _identity_rows(response: SyncResponse, errors: list[RecordError]) -> list[tuple]:
     rows = []
     for remote in response.identities:
         try:
@@ -340,18 +386,45 @@ def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, re
             if employment not in EMPLOYMENT_TYPES:
                 employment = "other"
             display = remote.display_name or " ".join(p for p in (remote.first_name, remote.last_name) if p)
-            rows.append((remote.external_id, *(getattr(remote, f) or "" for f in IDENTITY_TEXT[:3]), display,
-                         *(getattr(remote, f) or "" for f in IDENTITY_TEXT[4:]), employment, status,
-                         _valid_date(remote.start_date), _valid_date(remote.end_date),
-                         remote.manager_external_id or "", json.dumps(remote.attributes)))
+            rows.append((remote.external_id, remote.email or "", remote.first_name or "", remote.last_name or "",
+                         display, remote.department or "", remote.title or "", remote.location or "",
+                         employment, status, _valid_date(remote.start_date), _valid_date(remote.end_date),
+                         remote.manager_external_id or "", _json(remote.attributes)))
         except ValueError as exc:
-            result.errors.append(RecordError(kind="identity", key=remote.external_id, error=str(exc)))
+            errors.append(RecordError(kind="identity", key=remote.external_id, error=str(exc)))
+    return rows
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value) if value else "{}"
+
+
+def stage(response: SyncResponse, authoritative: bool) -> Staged:
+    """The staging rows of one chunk (no database): see :class:`Staged`."""
+    staged = Staged(errors=list(response.record_errors), records=response.record_count)
+    if authoritative:
+        staged.identities = _identity_rows(response, staged.errors)
+        staged.distinct_identities = len({row[0] for row in staged.identities})
+    staged.entitlements = [(e.value, e.display_name or "", e.type, e.description or "", e.risk_level or "low",
+                            "true" if e.requestable is None else str(e.requestable).lower())
+                           for e in response.entitlements]
+    staged.distinct_entitlements = len({row[0] for row in staged.entitlements})
+    staged.accounts = [(a.native_id, a.username or "", a.status, a.identity_external_id,
+                        a.last_login_at.isoformat() if a.last_login_at else None, _json(a.attributes))
+                       for a in response.accounts]
+    staged.grants = [(g.entitlement_value, g.account_native_id, g.identity_external_id) for g in response.grants]
+    return staged
+
+
+def _merge_identities(run: SyncRun, state: SyncState, staged: Staged, result: ChunkResult) -> None:
+    rows = staged.identities
     if not rows:
         return
     _copy("stage_identity", _IDENTITY_COLUMNS, rows)
     with connection.cursor() as cursor:
         source = {"source": f"connector:{run.connector_id}"}
         cursor.execute(_UPDATE_IDENTITIES, source)
+        source["ids"] = _id_prefix()
         updated = cursor.fetchall()
         # Joins against the CTEs (no index, no statistics) must hash: as nested loops they scan the
         # chunk once per new identity (seconds for 10k).
@@ -370,7 +443,7 @@ def _merge_identities(run: SyncRun, state: SyncState, response: SyncResponse, re
     state.inserted["identities_identity"] += created
     result.counts["identities_created"] += created
     result.counts["identities_updated"] += len(updated)
-    result.counts["identities_unchanged"] += len({r[0] for r in rows}) - created - len(updated)
+    result.counts["identities_unchanged"] += staged.distinct_identities - created - len(updated)
     _identity_events(inserted, updated)
 
 
@@ -447,16 +520,13 @@ def _correlation_sql(connector: ConnectorInstance) -> tuple[str, dict]:
     return "COALESCE(" + ", ".join(parts) + ")", params
 
 
-def _merge_accounts(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
-                    result: ChunkResult) -> None:
+def _merge_accounts(state: SyncState, connector: ConnectorInstance, staged: Staged, result: ChunkResult) -> None:
     """Update what changed, insert what is new, in one statement (one snapshot, one correlation pass).
 
     ``UPDATE ... WHERE (...) IS DISTINCT FROM (...)`` writes only changed rows, where ``INSERT ...
     ON CONFLICT DO UPDATE`` would lock (and so write) every existing row of a resync.
     """
-    rows = [(a.native_id, a.username or "", a.status, a.identity_external_id,
-             a.last_login_at.isoformat() if a.last_login_at else None, json.dumps(a.attributes))
-            for a in response.accounts]
+    rows = staged.accounts
     if not rows:
         return
     _copy("stage_account", ("native_id", "username", "status", "identity_external_id", "last_login_at",
@@ -482,7 +552,7 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, response: Sy
     ins AS (
         INSERT INTO access_account (id, application_id, identity_id, native_id, username, status, last_login_at,
             attributes, created_at, updated_at)
-        SELECT gen_random_uuid(), %(app)s, src.identity_id, src.native_id, src.username, src.status,
+        SELECT {NEW_ID}, %(app)s, src.identity_id, src.native_id, src.username, src.status,
             src.last_login_at, src.attributes, now(), now()
         FROM src
         WHERE NOT EXISTS (SELECT 1 FROM access_account a
@@ -493,7 +563,7 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, response: Sy
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM src)
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"app": connector.application_id, **params})
+        cursor.execute(sql, {"app": connector.application_id, "ids": _id_prefix(), **params})
         created, updated, distinct = cursor.fetchone()
     _seen(state, "rv_seen_account", "stage_account", "s.native_id", "access_account")
     state.inserted["access_account"] += created
@@ -502,9 +572,8 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, response: Sy
     result.counts["accounts_unchanged"] += distinct - created - updated
 
 
-def _merge_entitlements(connector: ConnectorInstance, response: SyncResponse, result: ChunkResult) -> None:
-    rows = [(e.value, e.display_name or "", e.type, e.description or "", e.risk_level or "low",
-             "true" if e.requestable is None else str(e.requestable).lower()) for e in response.entitlements]
+def _merge_entitlements(connector: ConnectorInstance, staged: Staged, result: ChunkResult) -> None:
+    rows = staged.entitlements
     if not rows:
         return
     _copy("stage_entitlement", ("value", "display_name", "type", "description", "risk_level", "requestable"), rows)
@@ -524,20 +593,29 @@ def _merge_entitlements(connector: ConnectorInstance, response: SyncResponse, re
         flags = [row[0] for row in cursor.fetchall()]
     result.counts["entitlements_created"] += sum(flags)
     result.counts["entitlements_updated"] += len(flags) - sum(flags)
-    result.counts["entitlements_unchanged"] += len({r[0] for r in rows}) - len(flags)
+    result.counts["entitlements_unchanged"] += staged.distinct_entitlements - len(flags)
 
+
+# How a staged grant finds its holder: the account by native id, else the identity by external id
+# (a grant held without an account). The identity join is left out when no staged grant names an
+# identity: a hash join there reads every identity, once per chunk, for nothing.
+_IDENTITY_HOLDER = {
+    True: ("CASE WHEN a.id IS NULL THEN i.id END",
+           "LEFT JOIN identities_identity i ON i.external_id = s.identity_external_id", " OR i.id IS NOT NULL"),
+    False: ("NULL::uuid", "", ""),
+}
 
 _RESOLVE_GRANTS = """
 CREATE TEMP TABLE IF NOT EXISTS resolved_grant (entitlement_id uuid, account_id uuid, identity_id uuid,
     existing_id uuid, entitlement_value text, account_native_id text, identity_external_id text) ON COMMIT DROP;
 TRUNCATE resolved_grant;
 WITH src AS MATERIALIZED (
-    SELECT e.id AS entitlement_id, a.id AS account_id, CASE WHEN a.id IS NULL THEN i.id END AS identity_id,
+    SELECT e.id AS entitlement_id, a.id AS account_id, {identity} AS identity_id,
            s.entitlement_value, s.account_native_id, s.identity_external_id
     FROM stage_grant s
     LEFT JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
     LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
-    LEFT JOIN identities_identity i ON i.external_id = s.identity_external_id
+    {identity_join}
 ){held}
 INSERT INTO resolved_grant
 SELECT src.entitlement_id, src.account_id, src.identity_id, {existing}, src.entitlement_value,
@@ -567,7 +645,7 @@ _INSERT_GRANTS = """
 WITH ins AS (
     INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference,
         granted_by, state, created_at)
-    SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
+    SELECT """ + NEW_ID + """, r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
         'active', now()
     FROM resolved_grant r
     WHERE r.existing_id IS NULL AND r.entitlement_id IS NOT NULL
@@ -576,19 +654,37 @@ WITH ins AS (
     RETURNING id
 )
 {record}
-"""
+"""  # noqa: S608 (constants only)
 
-# A first load into an empty access_grant without its unique indexes: ON CONFLICT has nothing to
-# stand on. Duplicates within the chunk are removed here (DISTINCT); a grant repeated by two
-# chunks is rare, and found once at the end by the unique index build (_remove_duplicate_grants).
+# A first load into an empty access_grant without its unique indexes: nothing to look up, nothing
+# for ON CONFLICT to stand on. The staged grants are resolved and inserted by one statement, with
+# no intermediate table; a grant the source repeats (rare) is found once at the end, by the unique
+# index build (_REMOVE_DUPLICATE_GRANTS). What did not resolve is read only when the count says so.
 _INSERT_GRANTS_UNINDEXED = """
 INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference, granted_by,
     state, created_at)
-SELECT gen_random_uuid(), r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
-    'active', now()
-FROM (SELECT DISTINCT entitlement_id, account_id, CASE WHEN account_id IS NULL THEN identity_id END AS identity_id
-      FROM resolved_grant
-      WHERE entitlement_id IS NOT NULL AND (account_id IS NOT NULL OR identity_id IS NOT NULL)) r
+SELECT """ + NEW_ID + """, {identity}, a.id, e.id, 'sync', %(connector)s, 'sync', 'active', now()
+FROM stage_grant s
+JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
+LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
+{identity_join}
+WHERE a.id IS NOT NULL{or_identity}
+"""
+
+_UNRESOLVED_STAGED = """
+SELECT s.entitlement_value, s.account_native_id, s.identity_external_id, e.id IS NULL
+FROM stage_grant s
+LEFT JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
+LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
+{identity_join}
+WHERE e.id IS NULL OR NOT (a.id IS NOT NULL{or_identity})
+LIMIT 1000
+"""
+
+_UNRESOLVED = """
+SELECT entitlement_value, account_native_id, identity_external_id, entitlement_id IS NULL
+FROM resolved_grant WHERE entitlement_id IS NULL OR (account_id IS NULL AND identity_id IS NULL)
+LIMIT 1000
 """
 
 # Every grant in access_grant came from this first load: keep one of each (account or identity,
@@ -603,78 +699,84 @@ WHERE g.id = d.id AND d.n > 1
 """
 
 
-def _merge_grants(state: SyncState, connector: ConnectorInstance, response: SyncResponse,
-                  result: ChunkResult) -> None:
+def _merge_grants(state: SyncState, connector: ConnectorInstance, staged: Staged, result: ChunkResult) -> None:
     """Resolve the staged grants to ids, insert the new ones, record the ids of all (full sync).
 
     Existing grants are looked up once, while resolving, by account; a first load skips that.
     The ids a full sync saw come from that lookup and from ``INSERT ... RETURNING``: never a
     second pass over the grant table.
     """
-    rows = [(g.entitlement_value, g.account_native_id, g.identity_external_id) for g in response.grants]
+    rows = staged.grants
     if not rows:
         return
     _copy("stage_grant", ("entitlement_value", "account_native_id", "identity_external_id"), rows)
+    identity, identity_join, or_identity = _IDENTITY_HOLDER[any(row[2] for row in rows)]
+    params = {"app": connector.application_id, "connector": str(connector.pk), "ids": _id_prefix()}
     first_load = state.grants_first_load
     with connection.cursor() as cursor:
         # Every join here must hash: the staging tables have no statistics, and a nested loop over
         # them scans the chunk once per row.
         cursor.execute("SET LOCAL enable_nestloop = off")
-        cursor.execute(_RESOLVE_GRANTS.format(
-            held="" if first_load else _HELD_BY_ACCOUNT, existing="NULL::uuid" if first_load else "h.id",
-            join_held="" if first_load else "LEFT JOIN held h ON h.account_id = src.account_id "
-                                            "AND h.entitlement_id = src.entitlement_id",
-        ), {"app": connector.application_id})
-        cursor.execute("RESET enable_nestloop")
-        if not first_load and any(not account for _, account, _ in rows):
-            cursor.execute(_EXISTING_IDENTITY_GRANTS)
-        insert = _INSERT_GRANTS.format
         if state.began_empty("access_grant") and "access_grant" in state.set_aside.unique_too:
             # Nothing to end in finish() either: no seen ids to record.
-            cursor.execute(_INSERT_GRANTS_UNINDEXED, {"connector": str(connector.pk)})
+            cursor.execute(_INSERT_GRANTS_UNINDEXED.format(identity=identity, identity_join=identity_join,
+                                                           or_identity=or_identity), params)
             created = cursor.rowcount
-        elif state.full:
-            cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"),
-                           {"connector": str(connector.pk)})
-            created = cursor.rowcount
-            if not first_load:
-                cursor.execute("INSERT INTO pg_temp.rv_seen_grant (key) "
-                               "SELECT existing_id FROM resolved_grant WHERE existing_id IS NOT NULL")
+            unresolved_count = len(rows) - created
+            unresolved_sql = _UNRESOLVED_STAGED.format(identity_join=identity_join, or_identity=or_identity)
+            cursor.execute("RESET enable_nestloop")
         else:
-            cursor.execute(insert(record="SELECT count(*) FROM ins"), {"connector": str(connector.pk)})
-            created = cursor.fetchone()[0]
-        cursor.execute("""
-            SELECT entitlement_value, account_native_id, identity_external_id, entitlement_id IS NULL
-            FROM resolved_grant WHERE entitlement_id IS NULL OR (account_id IS NULL AND identity_id IS NULL)
-            LIMIT 1000
-        """)
-        unresolved = cursor.fetchall()
-        unresolved_count = len(unresolved)
-        if unresolved_count == 1000:
-            cursor.execute("SELECT count(*) FROM resolved_grant WHERE entitlement_id IS NULL "
-                           "OR (account_id IS NULL AND identity_id IS NULL)")
-            unresolved_count = cursor.fetchone()[0]
+            cursor.execute(_RESOLVE_GRANTS.format(
+                identity=identity, identity_join=identity_join,
+                held="" if first_load else _HELD_BY_ACCOUNT, existing="NULL::uuid" if first_load else "h.id",
+                join_held="" if first_load else "LEFT JOIN held h ON h.account_id = src.account_id "
+                                                "AND h.entitlement_id = src.entitlement_id",
+            ), params)
+            cursor.execute("RESET enable_nestloop")
+            if not first_load and identity_join:
+                cursor.execute(_EXISTING_IDENTITY_GRANTS)
+            insert = _INSERT_GRANTS.format
+            if state.full:
+                cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"), params)
+                created = cursor.rowcount
+                if not first_load:
+                    cursor.execute("INSERT INTO pg_temp.rv_seen_grant (key) "
+                                   "SELECT existing_id FROM resolved_grant WHERE existing_id IS NOT NULL")
+            else:
+                cursor.execute(insert(record="SELECT count(*) FROM ins"), params)
+                created = cursor.fetchone()[0]
+            unresolved_count, unresolved_sql = None, _UNRESOLVED
+        unresolved = []
+        if unresolved_count != 0:
+            cursor.execute(unresolved_sql, params if unresolved_count is not None else None)
+            unresolved = cursor.fetchall()
+            if unresolved_count is None:
+                unresolved_count = len(unresolved)
+                if unresolved_count == 1000:
+                    cursor.execute("SELECT count(*) FROM resolved_grant WHERE entitlement_id IS NULL "
+                                   "OR (account_id IS NULL AND identity_id IS NULL)")
+                    unresolved_count = cursor.fetchone()[0]
     state.inserted["access_grant"] += created
     result.counts["grants_created"] += created
     result.counts["grants_unchanged"] += len(rows) - created - unresolved_count
-    for value, account, identity, no_entitlement in unresolved:
+    for value, account, identity_id, no_entitlement in unresolved:
         what = f"unknown entitlement {value!r}" if no_entitlement else "unknown account or identity"
-        result.errors.append(RecordError(kind="grant", key=f"{account or identity} -> {value}", error=what))
+        result.errors.append(RecordError(kind="grant", key=f"{account or identity_id} -> {value}", error=what))
 
 
-def merge_chunk(run: SyncRun, connector: ConnectorInstance, response: SyncResponse,
-                state: SyncState) -> ChunkResult:
+def merge_chunk(run: SyncRun, connector: ConnectorInstance, staged: Staged, state: SyncState) -> ChunkResult:
     """Merge one chunk, in the caller's transaction. Order matters: grants refer to the rest.
 
     Manager links and paths are not touched here but once, in :func:`finish`: per chunk they
     cost a pass over every identity each time.
     """
-    result = ChunkResult(errors=list(response.record_errors))
+    result = ChunkResult(errors=list(staged.errors))
+    _use_work_mem()
     if connector.authoritative:
-        _merge_identities(run, state, response, result)
-    _merge_entitlements(connector, response, result)
-    _merge_accounts(state, connector, response, result)
-    _merge_grants(state, connector, response, result)
+        _merge_identities(run, state, staged, result)
+    _merge_entitlements(connector, staged, result)
+    _merge_accounts(state, connector, staged, result)
+    _merge_grants(state, connector, staged, result)
     result.counts["errors"] += len(result.errors)
     return result
 
@@ -739,6 +841,7 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
     managers came before their reports, skip a rewrite of every identity.
     """
     counts: Counter = Counter()
+    _use_work_mem()
     # Tables that began empty hold only this run's rows: nothing there disappeared.
     empty = {t for t in FIRST_LOAD_TABLES if state.began_empty(t)}
     if state.set_aside is not None:
