@@ -31,28 +31,31 @@ class Identity(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     external_id = models.CharField(max_length=200, unique=True, help_text="The id in the authoritative source (HR).")
-    email = models.EmailField(blank=True, db_index=True)
+    # email, department, status, manager_external_id and source are indexed in Meta: db_index on a
+    # CharField adds a varchar_pattern_ops twin for LIKE 'prefix%', which nothing here queries, and
+    # every index is maintained for each identity a sync writes (and rebuilt after a first load).
+    email = models.EmailField(blank=True)
     first_name = models.CharField(max_length=100, blank=True)
     last_name = models.CharField(max_length=100, blank=True)
     display_name = models.CharField(max_length=200, blank=True)
-    department = models.CharField(max_length=200, blank=True, db_index=True)
+    department = models.CharField(max_length=200, blank=True)
     title = models.CharField(max_length=200, blank=True)
     location = models.CharField(max_length=200, blank=True)
     employment_type = models.CharField(max_length=20, choices=EmploymentType.choices, default=EmploymentType.EMPLOYEE)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
     start_date = models.DateField(null=True, blank=True)
     end_date = models.DateField(null=True, blank=True)
     manager = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="direct_reports"
     )
     manager_external_id = models.CharField(
-        max_length=200, blank=True, db_index=True,
+        max_length=200, blank=True,
         help_text="The manager as the source named it; linked as soon as that identity exists.",
     )
     path = models.CharField(max_length=4000, editable=False, default="")
     depth = models.PositiveSmallIntegerField(default=0, editable=False)
     attributes = models.JSONField(default=dict, blank=True)
-    source = models.CharField(max_length=100, blank=True, default="api", db_index=True,
+    source = models.CharField(max_length=100, blank=True, default="api",
                               help_text="Where the identity comes from: api, console, or connector:<id>.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -67,6 +70,11 @@ class Identity(models.Model):
             models.Index(fields=["last_name", "first_name", "id"], include=["path"], name="identity_name_path_idx"),
             models.Index(fields=["path"], opclasses=["varchar_pattern_ops"], name="identity_path_prefix_idx"),
             models.Index(Upper("email"), name="identity_email_upper_idx"),
+            models.Index(fields=["email"], name="identity_email_idx"),
+            models.Index(fields=["department"], name="identity_department_idx"),
+            models.Index(fields=["status"], name="identity_status_idx"),
+            models.Index(fields=["manager_external_id"], name="identity_manager_ext_idx"),
+            models.Index(fields=["source"], name="identity_source_idx"),
         ]
 
     def __str__(self) -> str:
@@ -110,7 +118,7 @@ class LifecycleEvent(models.Model):
         LEAVER = "leaver", "Leaver"
 
     id = models.BigAutoField(primary_key=True)
-    kind = models.CharField(max_length=10, choices=Kind.choices, db_index=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)  # indexed in Meta: no LIKE twin
     identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="lifecycle_events")
     changes = models.JSONField(default=dict, blank=True)
     source = models.CharField(max_length=50, default="api")
@@ -118,6 +126,7 @@ class LifecycleEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [models.Index(fields=["kind"], name="lifecycle_kind_idx")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.identity_id}"

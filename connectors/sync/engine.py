@@ -26,7 +26,8 @@ that manager links and paths depend on changed (else :func:`finish` skips the tr
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -104,10 +105,12 @@ class SetAside:
 
 ANALYZE_AFTER_ROWS = 10_000
 SYNC_WORK_MEM = "64MB"
-# The id of each row an INSERT ... SELECT creates: the statement's random prefix (a version-4 UUID's
-# first 20 hex digits, from _id_prefix()) and the row's number in its last 12. gen_random_uuid()
-# costs 1.5 us a row here (OpenSSL), a tenth of a first load's grant insert; these ids are as
-# unique (80 random bits per statement), and consecutive within a statement (B-tree locality).
+# The id of each row an INSERT ... SELECT creates: a UUIDv7 (RFC 9562) whose first 20 hex digits
+# are the statement's (_id_prefix(): the time in milliseconds, then 26 random bits) and whose last
+# 12 are the row's number, the RFC's "dedicated counter". gen_random_uuid() costs 1.5 us a row
+# here (OpenSSL), a tenth of a first load's grant insert. Time-ordered ids also land at the right
+# end of the primary key (and of the indexes that lead with a foreign key to them), so B-trees
+# grow at one edge instead of everywhere, and a first load's index builds sort presorted input.
 NEW_ID = "(%(ids)s || lpad(to_hex(row_number() OVER ()), 12, '0'))::uuid"
 # The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
 # The joiners' lifecycle events too: written by the identities INSERT, 100k of them at a first load.
@@ -284,8 +287,11 @@ def _seen(state: SyncState, seen_table: str, table: str, key_sql: str, target: s
 
 
 def _id_prefix() -> str:
-    """A fresh random prefix for the ids one INSERT creates (see NEW_ID)."""
-    return str(uuid.uuid4())[:24]
+    """The first 20 hex digits of the ids one INSERT creates (see NEW_ID): unique per statement."""
+    ms = time.time_ns() // 1_000_000
+    random = secrets.randbits(26)
+    return (f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-7{random >> 14:03x}-"
+            f"{0x8 | (random >> 12 & 0x3):x}{random & 0xFFF:03x}-")
 
 
 def _valid_date(value: str | None) -> str | None:
@@ -532,6 +538,9 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, staged: Stag
     _copy("stage_account", ("native_id", "username", "status", "identity_external_id", "last_login_at",
                             "attributes"), rows)
     correlation, params = _correlation_sql(connector)
+    # A first load holds the table's ACCESS EXCLUSIVE lock and src is distinct: no insert can
+    # conflict, and ON CONFLICT's speculative insertion (an index probe and a token per row) is saved.
+    on_conflict = "" if state.began_empty("access_account") else "ON CONFLICT (application_id, native_id) DO NOTHING"
     sql = f"""  -- the correlation expression is built from whitelisted columns only
     WITH src AS MATERIALIZED (
         SELECT s.native_id, s.username, s.status, s.last_login_at::timestamptz AS last_login_at,
@@ -557,7 +566,7 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, staged: Stag
         FROM src
         WHERE NOT EXISTS (SELECT 1 FROM access_account a
                           WHERE a.application_id = %(app)s AND a.native_id = src.native_id)
-        ON CONFLICT (application_id, native_id) DO NOTHING
+        {on_conflict}
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM src)
