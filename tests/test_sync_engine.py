@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import uuid
 from typing import ClassVar
 from unittest import mock
 
@@ -27,11 +29,13 @@ class ScriptedConnector(Connector):
     capabilities: ClassVar[v1.Capabilities] = v1.Capabilities(sync_identities=True, sync_accounts=True,
                                                               sync_grants=True, paging=True, authoritative=True)
     chunks: ClassVar[list[dict]] = []
+    seen_gc_thresholds: ClassVar[list[tuple]] = []
 
     def test_connection(self, request):
         return v1.TestConnectionResponse(success=True)
 
     def sync(self, request):
+        self.seen_gc_thresholds.append(gc.get_threshold())
         index = int(request.cursor or 0)
         more = index + 1 < len(self.chunks)
         return v1.SyncResponse(**{"success": True, "has_more": more, "next_cursor": str(index + 1) if more else None,
@@ -114,6 +118,54 @@ def test_a_resync_of_the_same_source_writes_no_row(world, connector):
     assert in_acme(world, lambda: Account.objects.get(native_id="a1").identity.external_id) == "boss"
 
 
+def test_a_resync_locks_and_writes_only_the_identities_that_changed(world, connector):
+    """An unchanged identity is neither updated nor locked (FOR UPDATE writes the row's xmax too)."""
+    chunks = [{"identities": [person("boss"), person("ann", "boss"), person("bob", "boss")]}]
+    assert sync(world, connector, chunks).status == "succeeded"
+
+    def row_versions():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT external_id, xmin::text, xmax::text FROM identities_identity ORDER BY 1")
+            return {key: (xmin, xmax) for key, xmin, xmax in cursor.fetchall()}
+
+    with connection.cursor() as cursor:  # the rows as committed: later writes and locks show in xmin/xmax
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    before = in_acme(world, row_versions)
+    chunks[0]["identities"][1] = person("ann", "boss", department="Sales")
+    run = sync(world, connector, chunks)
+    assert run.counts["identities_updated"] == 1 and run.counts["identities_unchanged"] == 2
+    after = in_acme(world, row_versions)
+    assert after["boss"] == before["boss"] and after["bob"] == before["bob"]
+    assert after["ann"] != before["ann"]
+    moves = in_acme(world, lambda: list(LifecycleEvent.objects.filter(kind="mover").values_list("changes", flat=True)))
+    assert moves == [{"department": ["Eng", "Sales"]}]
+
+
+def test_synced_rows_get_time_ordered_ids_and_a_run_relaxes_the_gc_only_while_it_runs(world, connector):
+    ScriptedConnector.seen_gc_thresholds = []
+    before = gc.get_threshold()
+    chunks = [{"entitlements": ENTITLEMENTS, "identities": [person(f"p{i}") for i in range(5)],
+               "accounts": [account(f"a{i}", f"p{i}") for i in range(5)],
+               "grants": [grant("g1", f"a{i}") for i in range(5)]},
+              {"identities": [person("p9")]}]
+    assert sync(world, connector, chunks).status == "succeeded"
+    assert ScriptedConnector.seen_gc_thresholds == [runner.RUN_GC_THRESHOLDS] * 2
+    assert gc.get_threshold() == before != runner.RUN_GC_THRESHOLDS
+
+    def ids(model, key):
+        return [uuid.UUID(str(pk)) for pk in model.objects.order_by(key).values_list("pk", flat=True)]
+
+    for model, key in ((Identity, "external_id"), (Account, "native_id"), (Grant, "account__native_id")):
+        created = in_acme(world, lambda model=model, key=key: ids(model, key))
+        assert {pk.version for pk in created} == {7}, model
+        # One statement's rows share its time-and-random prefix and count up in the order inserted.
+        first_chunk = created[:5]
+        assert len({pk.hex[:20] for pk in first_chunk}) == 1 and first_chunk == sorted(first_chunk), model
+    p9 = in_acme(world, lambda: Identity.objects.get(external_id="p9").pk)
+    assert p9.hex[:20] != in_acme(world, lambda: Identity.objects.get(external_id="p0").pk).hex[:20]
+    assert len({engine._id_prefix() for _ in range(1000)}) == 1000
+
+
 def test_identities_are_placed_at_insert_or_in_finish(world, connector):
     chunks = [
         {"identities": [person("ceo"), person("vp", "ceo"), person("dev", "vp"), person("late", "mgr")]},
@@ -158,7 +210,8 @@ FIRST_LOAD_CHUNKS = [
      "accounts": [account("a1", "ann"), account("a2", "bob")],
      "grants": [grant("g1", "a1"), grant("g1", "a1"), grant("g2", "a2"), grant("nope", "a1")]},
     # A grant repeated from the chunk before, a manager who comes after their report.
-    {"identities": [person("late", "ceo")], "accounts": [account("a3", "late")],
+    {"identities": [person("late", "ceo")], "accounts": [account("a3", "late"), account("a3", "late"),
+                                                        account("a1", "ann")],
      "grants": [grant("g1", "a1"), grant("g2", "a3"),
                 v1.RemoteGrant(entitlement_value="g2", identity_external_id="late")]},
 ]

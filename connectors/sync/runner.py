@@ -7,9 +7,10 @@ only additions and updates behind, and the next run completes the picture.
 A big first load is the exception: it runs in one transaction (see :mod:`.engine`), all or
 nothing, its progress written through a second connection so that it stays visible.
 
-A hosted connector fetches chunk N+1 in a background thread while chunk N is merged: the
-merge mostly waits on PostgreSQL (the GIL is released), so on two cores reading the source and
-writing the database overlap instead of adding up. Memory holds at most two chunks. An agent-mode
+A hosted connector fetches chunk N+1 in a background thread, and turns it into staging rows
+there (:func:`engine.stage`), while chunk N is merged: the merge then mostly waits on PostgreSQL
+(the GIL is released), so on two cores reading the source and writing the database overlap
+instead of adding up. Memory holds at most two chunks (as rows: the records go once staged). An agent-mode
 connector's pages are agent jobs, fetched in the run's own thread (see ``fetch``).
 
 A run whose agent is offline when it is due is not started: it stays queued with the reason in
