@@ -170,7 +170,8 @@ def set_aside(tables: list[str]) -> SetAside:
     anti-join per key), which is several times cheaper. Unique indexes and primary keys stay
     (``ON CONFLICT`` and the merges rely on them, and other tables' foreign keys point at them),
     except on the tables of ``FIRST_LOAD_UNIQUE_TOO``: rebuilding them at the end also checks
-    that the load left no duplicate.
+    that the load left no duplicate. Partial indexes stay too: the rows a sync writes fall
+    outside them, so they cost a predicate check per row where a rebuild reads the whole table.
 
     Only inside the run's one transaction (the caller's): the ``ACCESS EXCLUSIVE`` locks taken
     here, on these empty tables and on no other, are held until it commits, so a concurrent
@@ -199,6 +200,10 @@ def set_aside(tables: list[str]) -> SetAside:
             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE i.indrelid = ANY(%s::regclass[])
               AND (NOT i.indisunique OR i.indrelid = ANY(%s::regclass[]))
+              -- A partial index that is not unique stays: the rows a sync writes are outside
+              -- those of the grants (a role, an identity holder, another source or state), so
+              -- it costs a predicate check a row, where a rebuild reads the whole table.
+              AND (i.indpred IS NULL OR i.indisunique)
               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
             ORDER BY 1
         """, [tables, unique_too])

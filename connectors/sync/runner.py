@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
@@ -90,7 +91,7 @@ def execute(run_id) -> str:
     run = _claim(run_id)
     if run is None:
         return "skipped"
-    with _few_collections():
+    with _run_tuning():
         return _execute(run)
 
 
@@ -100,17 +101,24 @@ def execute(run_id) -> str:
 # youngest generation is collected every 100,000 allocations and the older ones seldom; the
 # records hold no reference cycles, so nothing that needs collecting waits much longer.
 RUN_GC_THRESHOLDS = (100_000, 50, 50)
+# The run's thread waits on PostgreSQL and the network (the interpreter lock released) hundreds of
+# times a chunk; each time, the fetch thread, busy in Python, keeps the lock for up to the switch
+# interval before handing it back (5 ms by default: up to a second a chunk lost in COPY alone).
+RUN_SWITCH_INTERVAL = 0.0005
 
 
 @contextlib.contextmanager
-def _few_collections() -> Iterator[None]:
-    """Relax the cyclic GC for the length of a run (the worker's own thresholds come back after)."""
-    before = gc.get_threshold()
+def _run_tuning() -> Iterator[None]:
+    """Relax the cyclic GC and shorten the GIL switch interval for the length of a run (the
+    worker's own settings come back after)."""
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
     gc.set_threshold(*RUN_GC_THRESHOLDS)
+    sys.setswitchinterval(RUN_SWITCH_INTERVAL)
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
 
 
 def _execute(run: SyncRun) -> str:
