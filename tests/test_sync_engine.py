@@ -118,6 +118,32 @@ def test_a_resync_of_the_same_source_writes_no_row(world, connector):
     assert in_acme(world, lambda: Account.objects.get(native_id="a1").identity.external_id) == "boss"
 
 
+def test_grants_held_by_an_identity_are_found_again_and_ended_when_gone(world, connector):
+    direct = v1.RemoteGrant(entitlement_value="g2", identity_external_id="ann")
+    # An account the application does not know: the grant falls back to the identity it names.
+    unknown = v1.RemoteGrant(entitlement_value="g1", account_native_id="nope", identity_external_id="ann")
+    chunks = [{"entitlements": ENTITLEMENTS, "identities": [person("ann")], "accounts": [account("a1", "ann")],
+               "grants": [grant("g1", "a1"), direct, unknown, v1.RemoteGrant(entitlement_value="zz",
+                                                                            account_native_id="a1")]}]
+    first = sync(world, connector, chunks)
+    assert first.counts["grants_created"] == 3 and first.counts["errors"] == 1
+
+    def held():
+        return sorted(Grant.objects.filter(state="active").values_list(
+            "pk", "account__native_id", "identity__external_id", "entitlement__value"))
+
+    before = in_acme(world, held)
+    again = sync(world, connector, chunks)
+    assert again.counts.get("grants_created", 0) == 0 and again.counts["grants_unchanged"] == 3
+    assert again.counts["grants_deleted"] == 0 and in_acme(world, held) == before
+    errors = in_acme(world, lambda: list(again.record_errors.values_list("key", "error")))
+    assert errors == [("a1 -> zz", "unknown entitlement 'zz'")]
+    chunks[0]["grants"] = [grant("g1", "a1"), unknown]
+    last = sync(world, connector, chunks)
+    assert last.counts["grants_deleted"] == 1 and last.counts["grants_unchanged"] == 2
+    assert in_acme(world, held) == [g for g in before if g[3] != "g2"]
+
+
 def test_a_resync_locks_and_writes_only_the_identities_that_changed(world, connector):
     """An unchanged identity is neither updated nor locked (FOR UPDATE writes the row's xmax too)."""
     chunks = [{"identities": [person("boss"), person("ann", "boss"), person("bob", "boss")]}]

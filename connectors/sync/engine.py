@@ -619,56 +619,61 @@ _IDENTITY_HOLDER = {
     False: ("NULL::uuid", "", ""),
 }
 
-_RESOLVE_GRANTS = """
-CREATE TEMP TABLE IF NOT EXISTS resolved_grant (entitlement_id uuid, account_id uuid, identity_id uuid,
-    existing_id uuid, entitlement_value text, account_native_id text, identity_external_id text) ON COMMIT DROP;
-TRUNCATE resolved_grant;
+# One statement per chunk: resolve the staged grants to ids (src), find the active sync grants
+# they already are (held), insert the others (ins) and record the ids of both as seen (full sync),
+# counting what did not resolve. No intermediate table: each row is read once from the stage.
+_MERGE_GRANTS = """
 WITH src AS MATERIALIZED (
-    SELECT e.id AS entitlement_id, a.id AS account_id, {identity} AS identity_id,
-           s.entitlement_value, s.account_native_id, s.identity_external_id
+    SELECT e.id AS entitlement_id, a.id AS account_id, {identity} AS identity_id
     FROM stage_grant s
     LEFT JOIN access_entitlement e ON e.application_id = %(app)s AND e.value = s.entitlement_value
     LEFT JOIN access_account a ON a.application_id = %(app)s AND a.native_id = s.account_native_id
     {identity_join}
-){held}
-INSERT INTO resolved_grant
-SELECT src.entitlement_id, src.account_id, src.identity_id, {existing}, src.entitlement_value,
-       src.account_native_id, src.identity_external_id
-FROM src {join_held}
-"""
+){held},
+r AS MATERIALIZED (
+    SELECT src.*, {existing} AS existing_id FROM src {join_held}
+),
+ins AS (
+    INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference,
+        granted_by, state, created_at)
+    SELECT """ + NEW_ID + """, r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
+        'active', now()
+    FROM r
+    WHERE r.existing_id IS NULL AND r.entitlement_id IS NOT NULL
+      AND (r.account_id IS NOT NULL OR r.identity_id IS NOT NULL)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+){record}
+SELECT (SELECT count(*) FROM ins),
+       (SELECT count(*) FROM r WHERE r.entitlement_id IS NULL OR (r.account_id IS NULL AND r.identity_id IS NULL))
+"""  # noqa: S608 (constants only)
 
 # The active sync grants of the chunk's accounts, read by account (one index range each, ~10
 # grants) and hash-joined to the staged ones: a tenth of the index descents of one probe per grant.
+# Grants held by an identity directly (no account) are rare: looked up likewise, by identity, only
+# when some staged grant names an identity.
 _HELD_BY_ACCOUNT = """,
 held AS MATERIALIZED (
     SELECT g.id, g.account_id, g.entitlement_id FROM access_grant g
     WHERE g.account_id = ANY(ARRAY(SELECT DISTINCT account_id FROM src WHERE account_id IS NOT NULL))
       AND g.source = 'sync' AND g.state = 'active'
 )"""
+_HELD_BY_IDENTITY = """,
+held_by_identity AS MATERIALIZED (
+    SELECT g.id, g.identity_id, g.entitlement_id FROM access_grant g
+    WHERE g.identity_id = ANY(ARRAY(SELECT DISTINCT identity_id FROM src WHERE account_id IS NULL
+                                                                          AND identity_id IS NOT NULL))
+      AND g.account_id IS NULL AND g.source = 'sync' AND g.state = 'active'
+)"""
+_JOIN_HELD = ("LEFT JOIN held h ON h.account_id = src.account_id AND h.entitlement_id = src.entitlement_id",
+              "LEFT JOIN held_by_identity hi ON src.account_id IS NULL AND hi.identity_id = src.identity_id "
+              "AND hi.entitlement_id = src.entitlement_id")
+_RECORD_SEEN = """,
+seen AS (
+    INSERT INTO pg_temp.rv_seen_grant (key)
+    SELECT id FROM ins UNION ALL SELECT existing_id FROM r WHERE existing_id IS NOT NULL
+)"""
 
-# Grants held by an identity directly (no account) are rare: probed one by one, and only when
-# the chunk has any.
-_EXISTING_IDENTITY_GRANTS = """
-UPDATE resolved_grant r SET existing_id = g.id FROM access_grant g
-WHERE r.account_id IS NULL AND r.identity_id IS NOT NULL AND r.entitlement_id IS NOT NULL
-  AND g.identity_id = r.identity_id AND g.entitlement_id = r.entitlement_id AND g.account_id IS NULL
-  AND g.source = 'sync' AND g.state = 'active'
-"""
-
-_INSERT_GRANTS = """
-WITH ins AS (
-    INSERT INTO access_grant (id, identity_id, account_id, entitlement_id, source, source_reference,
-        granted_by, state, created_at)
-    SELECT """ + NEW_ID + """, r.identity_id, r.account_id, r.entitlement_id, 'sync', %(connector)s, 'sync',
-        'active', now()
-    FROM resolved_grant r
-    WHERE r.existing_id IS NULL AND r.entitlement_id IS NOT NULL
-      AND (r.account_id IS NOT NULL OR r.identity_id IS NOT NULL)
-    ON CONFLICT DO NOTHING
-    RETURNING id
-)
-{record}
-"""  # noqa: S608 (constants only)
 
 # A first load into an empty access_grant without its unique indexes: nothing to look up, nothing
 # for ON CONFLICT to stand on. The staged grants are resolved and inserted by one statement, with
@@ -695,12 +700,6 @@ WHERE e.id IS NULL OR NOT (a.id IS NOT NULL{or_identity})
 LIMIT 1000
 """
 
-_UNRESOLVED = """
-SELECT entitlement_value, account_native_id, identity_external_id, entitlement_id IS NULL
-FROM resolved_grant WHERE entitlement_id IS NULL OR (account_id IS NULL AND identity_id IS NULL)
-LIMIT 1000
-"""
-
 # Every grant in access_grant came from this first load: keep one of each (account or identity,
 # entitlement), the key of the unique indexes grant_sync_account_uniq and grant_sync_identity_uniq.
 _REMOVE_DUPLICATE_GRANTS = """
@@ -718,15 +717,15 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, staged: Staged
 
     Existing grants are looked up once, while resolving, by account; a first load skips that.
     The ids a full sync saw come from that lookup and from ``INSERT ... RETURNING``: never a
-    second pass over the grant table.
+    second pass over the grant table. What did not resolve is read again only when some did not.
     """
     rows = staged.grants
     if not rows:
         return
     _copy("stage_grant", ("entitlement_value", "account_native_id", "identity_external_id"), rows)
-    identity, identity_join, or_identity = _IDENTITY_HOLDER[any(row[2] for row in rows)]
+    by_identity = any(row[2] for row in rows)
+    identity, identity_join, or_identity = _IDENTITY_HOLDER[by_identity]
     params = {"app": connector.application_id, "connector": str(connector.pk), "ids": _id_prefix()}
-    first_load = state.grants_first_load
     with connection.cursor() as cursor:
         # Every join here must hash: the staging tables have no statistics, and a nested loop over
         # them scans the chunk once per row.
@@ -737,39 +736,23 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, staged: Staged
                                                            or_identity=or_identity), params)
             created = cursor.rowcount
             unresolved_count = len(rows) - created
-            unresolved_sql = _UNRESOLVED_STAGED.format(identity_join=identity_join, or_identity=or_identity)
-            cursor.execute("RESET enable_nestloop")
         else:
-            cursor.execute(_RESOLVE_GRANTS.format(
-                identity=identity, identity_join=identity_join,
-                held="" if first_load else _HELD_BY_ACCOUNT, existing="NULL::uuid" if first_load else "h.id",
-                join_held="" if first_load else "LEFT JOIN held h ON h.account_id = src.account_id "
-                                                "AND h.entitlement_id = src.entitlement_id",
+            held, existing, join_held = "", "NULL::uuid", ""
+            if not state.grants_first_load:
+                held, existing, join_held = _HELD_BY_ACCOUNT, "h.id", _JOIN_HELD[0]
+                if by_identity:
+                    held, existing = held + _HELD_BY_IDENTITY, "COALESCE(h.id, hi.id)"
+                    join_held += " " + _JOIN_HELD[1]
+            cursor.execute(_MERGE_GRANTS.format(
+                identity=identity, identity_join=identity_join, held=held, existing=existing,
+                join_held=join_held, record=_RECORD_SEEN if state.full else "",
             ), params)
-            cursor.execute("RESET enable_nestloop")
-            if not first_load and identity_join:
-                cursor.execute(_EXISTING_IDENTITY_GRANTS)
-            insert = _INSERT_GRANTS.format
-            if state.full:
-                cursor.execute(insert(record="INSERT INTO pg_temp.rv_seen_grant (key) SELECT id FROM ins"), params)
-                created = cursor.rowcount
-                if not first_load:
-                    cursor.execute("INSERT INTO pg_temp.rv_seen_grant (key) "
-                                   "SELECT existing_id FROM resolved_grant WHERE existing_id IS NOT NULL")
-            else:
-                cursor.execute(insert(record="SELECT count(*) FROM ins"), params)
-                created = cursor.fetchone()[0]
-            unresolved_count, unresolved_sql = None, _UNRESOLVED
+            created, unresolved_count = cursor.fetchone()
+        cursor.execute("RESET enable_nestloop")
         unresolved = []
-        if unresolved_count != 0:
-            cursor.execute(unresolved_sql, params if unresolved_count is not None else None)
+        if unresolved_count:
+            cursor.execute(_UNRESOLVED_STAGED.format(identity_join=identity_join, or_identity=or_identity), params)
             unresolved = cursor.fetchall()
-            if unresolved_count is None:
-                unresolved_count = len(unresolved)
-                if unresolved_count == 1000:
-                    cursor.execute("SELECT count(*) FROM resolved_grant WHERE entitlement_id IS NULL "
-                                   "OR (account_id IS NULL AND identity_id IS NULL)")
-                    unresolved_count = cursor.fetchone()[0]
     state.inserted["access_grant"] += created
     result.counts["grants_created"] += created
     result.counts["grants_unchanged"] += len(rows) - created - unresolved_count
