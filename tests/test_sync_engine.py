@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import uuid
 from typing import ClassVar
 from unittest import mock
@@ -177,6 +178,13 @@ def test_synced_rows_get_time_ordered_ids_and_a_run_relaxes_the_gc_only_while_it
     assert sync(world, connector, chunks).status == "succeeded"
     assert ScriptedConnector.seen_gc_thresholds == [runner.RUN_GC_THRESHOLDS] * 2
     assert gc.get_threshold() == before != runner.RUN_GC_THRESHOLDS
+    # Overlapping runs (threads of one worker): the settings come back when the last one ends.
+    interval = sys.getswitchinterval()
+    with runner._run_tuning():
+        with runner._run_tuning():
+            assert sys.getswitchinterval() == runner.RUN_SWITCH_INTERVAL
+        assert gc.get_threshold() == runner.RUN_GC_THRESHOLDS
+    assert (gc.get_threshold(), sys.getswitchinterval()) == (before, interval)
 
     def ids(model, key):
         return [uuid.UUID(str(pk)) for pk in model.objects.order_by(key).values_list("pk", flat=True)]

@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
@@ -107,18 +108,30 @@ RUN_GC_THRESHOLDS = (100_000, 50, 50)
 RUN_SWITCH_INTERVAL = 0.0005
 
 
+_tuning_lock = threading.Lock()
+_tuning: dict = {"runs": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def _run_tuning() -> Iterator[None]:
-    """Relax the cyclic GC and shorten the GIL switch interval for the length of a run (the
-    worker's own settings come back after)."""
-    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
-    gc.set_threshold(*RUN_GC_THRESHOLDS)
-    sys.setswitchinterval(RUN_SWITCH_INTERVAL)
+    """Relax the cyclic GC and shorten the GIL switch interval while runs are in progress: both
+    are process-wide, so the first run (of a worker running several in threads) sets them and
+    the last one to end gives the worker its own settings back."""
+    with _tuning_lock:
+        if _tuning["runs"] == 0:
+            _tuning["saved"] = (gc.get_threshold(), sys.getswitchinterval())
+            gc.set_threshold(*RUN_GC_THRESHOLDS)
+            sys.setswitchinterval(RUN_SWITCH_INTERVAL)
+        _tuning["runs"] += 1
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
-        sys.setswitchinterval(interval)
+        with _tuning_lock:
+            _tuning["runs"] -= 1
+            if _tuning["runs"] == 0:
+                thresholds, interval = _tuning["saved"]
+                gc.set_threshold(*thresholds)
+                sys.setswitchinterval(interval)
 
 
 def _execute(run: SyncRun) -> str:
