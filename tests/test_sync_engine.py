@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 import uuid
 from typing import ClassVar
 from unittest import mock
@@ -12,7 +13,7 @@ import pytest
 from django.db import connection, transaction
 from django_tenants.utils import tenant_context
 
-from access.models import Account, Grant
+from access.models import Account, Entitlement, Grant, Role
 from connectors import services
 from connectors.base import Connector, register
 from connectors.models import ConnectorInstance, SyncRun
@@ -192,12 +193,21 @@ def test_synced_rows_get_time_ordered_ids_and_a_run_relaxes_the_gc_only_while_it
     for model, key in ((Identity, "external_id"), (Account, "native_id"), (Grant, "account__native_id")):
         created = in_acme(world, lambda model=model, key=key: ids(model, key))
         assert {pk.version for pk in created} == {7}, model
-        # One statement's rows share its time-and-random prefix and count up in the order inserted.
+        # One statement's rows share its time-ordered prefix; their counters are consecutive.
         first_chunk = created[:5]
-        assert len({pk.hex[:20] for pk in first_chunk}) == 1 and first_chunk == sorted(first_chunk), model
+        assert len({pk.hex[:20] for pk in first_chunk}) == 1, model
+        counters = sorted(int(pk.hex[20:], 16) for pk in first_chunk)
+        assert counters == list(range(counters[0], counters[0] + 5)), model
     p9 = in_acme(world, lambda: Identity.objects.get(external_id="p9").pk)
-    assert p9.hex[:20] != in_acme(world, lambda: Identity.objects.get(external_id="p0").pk).hex[:20]
-    assert len({engine._id_prefix() for _ in range(1000)}) == 1000
+    assert p9.hex[:20] > in_acme(world, lambda: Identity.objects.get(external_id="p0").pk).hex[:20]
+    # Statements of one process never share a prefix, even within a millisecond: each is greater.
+    prefixes = [engine._new_ids()["ids"] for _ in range(10_000)]
+    assert prefixes == sorted(set(prefixes)) and len(prefixes) == 10_000
+    assert all(uuid.UUID(prefix + "000000000000").version == 7 for prefix in prefixes[:100])
+    later = time.time_ns() // 1_000_000 + 60_000
+    # The last 26-bit value of a millisecond: the next statement borrows the following millisecond.
+    with mock.patch.object(engine, "_last_prefix", (later, 2**26 - 1)):
+        assert engine._new_ids()["ids"] == str(uuid.UUID(int=(later + 1) << 80 | 7 << 76 | 2 << 62))[:24]
 
 
 def test_identities_are_placed_at_insert_or_in_finish(world, connector):
@@ -322,6 +332,33 @@ def test_a_first_load_keeps_the_upkeep_of_tables_that_are_not_empty(world, conne
                                  "access_grant", "access_role"])
     assert after == in_acme(world, catalog)
     assert len(rows["accounts"]) == 4 and len(rows["grants"]) == 4
+
+
+def test_identities_without_lifecycle_events_are_no_first_load(world, connector):
+    in_acme(world, lambda: Identity.objects.create(external_id="by-hand", email="by-hand@x.example"))
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    assert in_acme(world, lambda: LifecycleEvent.objects.exists()) is False
+    # The events table is empty, but it follows the identities: neither is set aside.
+    rest = ["access_entitlement", "access_account", "access_grant", "access_role"]
+    assert in_acme(world, lambda: engine.first_load_tables(connector)) == rest
+    run, after, rows, spy = load(world, connector, FIRST_LOAD_CHUNKS, first_load=True)
+    assert run.status == "succeeded", run.error
+    spy.assert_called_once_with(rest)
+    assert after == in_acme(world, catalog) and rows["joiners"] == 4
+
+    def filled() -> list[str]:
+        application = connector.application
+        entitlement = Entitlement.objects.create(application=application, value="e-by-hand")
+        Grant.objects.create(account=Account.objects.create(application=application, native_id="by-hand"),
+                             entitlement=entitlement)
+        Role.objects.create(name="by-hand")
+        return engine.first_load_tables(connector)
+
+    # Only the events table empty: no first load at all.
+    with transaction.atomic():
+        assert in_acme(world, filled) == []
+        transaction.set_rollback(True)
 
 
 # Real failures, raised by PostgreSQL itself: a trigger refuses the second chunk's account, or

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -104,20 +105,27 @@ class SetAside:
 
 
 ANALYZE_AFTER_ROWS = 10_000
+# For the merge of a chunk and for finish(), SET LOCAL: only the run's transactions, every run
+# (a small one never uses it). A statement has at most a few hashes or sorts, so a run stays far
+# below the worker's 1 GB; 4 MB (the default) spilled 200k-grant hashes to disk in batches.
 SYNC_WORK_MEM = "64MB"
 # The id of each row an INSERT ... SELECT creates: a UUIDv7 (RFC 9562) whose first 20 hex digits
-# are the statement's (_id_prefix(): the time in milliseconds, then 26 random bits) and whose last
-# 12 are the row's number, the RFC's "dedicated counter". gen_random_uuid() costs 1.5 us a row
-# here (OpenSSL), a tenth of a first load's grant insert. Time-ordered ids also land at the right
-# end of the primary key (and of the indexes that lead with a foreign key to them), so B-trees
-# grow at one edge instead of everywhere, and a first load's index builds sort presorted input.
-NEW_ID = "(%(ids)s || lpad(to_hex(row_number() OVER ()), 12, '0'))::uuid"
+# are the statement's (_new_ids(): the time in milliseconds, then 26 bits, monotonic in this
+# process) and whose last 12 are a counter, the RFC's "monotonic random" method: a random 47-bit
+# start per statement plus the row's number. gen_random_uuid() costs 1.5 us a row here (OpenSSL),
+# a tenth of a first load's grant insert. Time-ordered ids also land at the right end of the
+# primary key (and of the indexes that lead with a foreign key to them), so B-trees grow at one
+# edge instead of everywhere, and a first load's index builds sort presorted input.
+NEW_ID = "(%(ids)s || lpad(to_hex(%(id_counter)s::bigint + row_number() OVER ()), 12, '0'))::uuid"
 # The tables a sync fills: empty at a first load, they are loaded with their upkeep set aside.
 # The joiners' lifecycle events too: written by the identities INSERT, 100k of them at a first load.
 FIRST_LOAD_TABLES = ("identities_identity", "identities_lifecycleevent", "access_entitlement", "access_account",
                      "access_grant")
 # Filled only by an authoritative source (identities and their joiner events).
 IDENTITY_TABLES = ("identities_identity", "identities_lifecycleevent")
+# Tables set aside only with the one they follow: identities may exist without events (loaded by
+# hand or before events were kept), and those are no first load.
+FIRST_LOAD_FOLLOWS = {"identities_lifecycleevent": "identities_identity"}
 # Empty tables that those refer to but a sync does not fill: locked too when empty (no role can
 # be created during the load), so that the grants' foreign key to them is checked once, not per row.
 FIRST_LOAD_REFERENCED = ("access_role",)
@@ -155,9 +163,11 @@ def first_load_tables(connector: ConnectorInstance) -> list[str]:
 
 
 def _empty(tables: list[str]) -> list[str]:
+    """Those of ``tables`` with no row, less a FIRST_LOAD_FOLLOWS table whose leader has rows."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT " + ", ".join(f"NOT EXISTS (SELECT 1 FROM {t})" for t in tables))  # noqa: S608
-        return [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
+        empty = [t for t, is_empty in zip(tables, cursor.fetchone(), strict=True) if is_empty]
+    return [t for t in empty if FIRST_LOAD_FOLLOWS.get(t, t) in empty]
 
 
 def set_aside(tables: list[str]) -> SetAside:
@@ -170,7 +180,7 @@ def set_aside(tables: list[str]) -> SetAside:
     anti-join per key), which is several times cheaper. Unique indexes and primary keys stay
     (``ON CONFLICT`` and the merges rely on them, and other tables' foreign keys point at them),
     except on the tables of ``FIRST_LOAD_UNIQUE_TOO``: rebuilding them at the end also checks
-    that the load left no duplicate. Partial indexes stay too: the rows a sync writes fall
+    that the load left no duplicate. Partial indexes stay too: most rows a sync writes fall
     outside them, so they cost a predicate check per row where a rebuild reads the whole table.
 
     Only inside the run's one transaction (the caller's): the ``ACCESS EXCLUSIVE`` locks taken
@@ -200,9 +210,10 @@ def set_aside(tables: list[str]) -> SetAside:
             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE i.indrelid = ANY(%s::regclass[])
               AND (NOT i.indisunique OR i.indrelid = ANY(%s::regclass[]))
-              -- A partial index that is not unique stays: the rows a sync writes are outside
-              -- those of the grants (a role, an identity holder, another source or state), so
-              -- it costs a predicate check a row, where a rebuild reads the whole table.
+              -- A partial index that is not unique stays: most rows a sync writes are outside
+              -- those of the grants (a role, another source or state; identity holders, rare,
+              -- are inside one), so it costs a predicate check a row, where a rebuild reads
+              -- the whole table.
               AND (i.indpred IS NULL OR i.indisunique)
               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
             ORDER BY 1
@@ -291,12 +302,32 @@ def _seen(state: SyncState, seen_table: str, table: str, key_sql: str, target: s
         cursor.execute(f"INSERT INTO pg_temp.{seen_table} (key) SELECT {key_sql} FROM {table} s")  # noqa: S608
 
 
-def _id_prefix() -> str:
-    """The first 20 hex digits of the ids one INSERT creates (see NEW_ID): unique per statement."""
-    ms = time.time_ns() // 1_000_000
-    random = secrets.randbits(26)
-    return (f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-7{random >> 14:03x}-"
-            f"{0x8 | (random >> 12 & 0x3):x}{random & 0xFFF:03x}-")
+_last_prefix = (0, 0)  # (milliseconds, 26 bits) of the last statement's ids in this process
+_prefix_lock = threading.Lock()
+
+
+def _new_ids() -> dict[str, str | int]:
+    """The parameters of NEW_ID for one statement: its prefix and the start of its counter.
+
+    Two statements must never make the same id: grants are inserted with an untargeted ``ON
+    CONFLICT DO NOTHING`` (two partial unique indexes are arbiters), which would drop a grant
+    whose id collided rather than fail. In this process the prefix strictly increases (the 26
+    bits count up within a millisecond, as RFC 9562 allows), so no two statements share one.
+    Across worker processes, ids collide only if the 26 bits match within the same millisecond
+    and the two counters' ranges (47 random bits each) overlap: about 2^-54 for two 200k-row chunks.
+    """
+    global _last_prefix
+    with _prefix_lock:
+        ms, bits = time.time_ns() // 1_000_000, secrets.randbits(26)
+        last_ms, last_bits = _last_prefix
+        if ms <= last_ms:
+            ms, bits = last_ms, last_bits + 1
+            if bits >> 26:  # 2^26 statements in one millisecond: borrow the next one
+                ms, bits = ms + 1, 0
+        _last_prefix = (ms, bits)
+    prefix = (f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-7{bits >> 14:03x}-"
+              f"{0x8 | (bits >> 12 & 0x3):x}{bits & 0xFFF:03x}-")
+    return {"ids": prefix, "id_counter": secrets.randbits(47)}
 
 
 def _valid_date(value: str | None) -> str | None:
@@ -317,7 +348,10 @@ _IDENTITY_DIFFERS = """(i.email, i.first_name, i.last_name, i.display_name, i.de
         s.attributes::jsonb)"""
 
 # Only the rows that differ are locked (their old values read for the mover events) and written: a
-# resync locked every identity of the chunk before, which wrote each of their pages.
+# resync locked every identity of the chunk before, which wrote each of their pages. FOR UPDATE
+# in ``old`` waits for a concurrent edit of a row and re-reads it (READ COMMITTED): the old values
+# of a mover event are those of the version this UPDATE replaces, and a row that the edit made
+# equal to the source is neither locked nor written.
 _UPDATE_IDENTITIES = """
 WITH src AS (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id),
 old AS (
@@ -435,7 +469,7 @@ def _merge_identities(run: SyncRun, state: SyncState, staged: Staged, result: Ch
     with connection.cursor() as cursor:
         source = {"source": f"connector:{run.connector_id}"}
         cursor.execute(_UPDATE_IDENTITIES, source)
-        source["ids"] = _id_prefix()
+        source.update(_new_ids())
         updated = cursor.fetchall()
         # Joins against the CTEs (no index, no statistics) must hash: as nested loops they scan the
         # chunk once per new identity (seconds for 10k).
@@ -452,6 +486,7 @@ def _merge_identities(run: SyncRun, state: SyncState, staged: Staged, result: Ch
     _seen(state, "rv_seen_identity", "stage_identity", "s.external_id", "identities_identity")
     state.identities_unplaced += unplaced
     state.inserted["identities_identity"] += created
+    state.inserted["identities_lifecycleevent"] += created  # a joiner event each, for finish()'s ANALYZE
     result.counts["identities_created"] += created
     result.counts["identities_updated"] += len(updated)
     result.counts["identities_unchanged"] += staged.distinct_identities - created - len(updated)
@@ -577,7 +612,7 @@ def _merge_accounts(state: SyncState, connector: ConnectorInstance, staged: Stag
     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM src)
     """  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"app": connector.application_id, "ids": _id_prefix(), **params})
+        cursor.execute(sql, {"app": connector.application_id, **_new_ids(), **params})
         created, updated, distinct = cursor.fetchone()
     _seen(state, "rv_seen_account", "stage_account", "s.native_id", "access_account")
     state.inserted["access_account"] += created
@@ -725,7 +760,7 @@ def _merge_grants(state: SyncState, connector: ConnectorInstance, staged: Staged
     _copy("stage_grant", ("entitlement_value", "account_native_id", "identity_external_id"), rows)
     by_identity = any(row[2] for row in rows)
     identity, identity_join, or_identity = _IDENTITY_HOLDER[by_identity]
-    params = {"app": connector.application_id, "connector": str(connector.pk), "ids": _id_prefix()}
+    params = {"app": connector.application_id, "connector": str(connector.pk), **_new_ids()}
     with connection.cursor() as cursor:
         # Every join here must hash: the staging tables have no statistics, and a nested loop over
         # them scans the chunk once per row.

@@ -116,7 +116,9 @@ _tuning: dict = {"runs": 0, "saved": None}
 def _run_tuning() -> Iterator[None]:
     """Relax the cyclic GC and shorten the GIL switch interval while runs are in progress: both
     are process-wide, so the first run (of a worker running several in threads) sets them and
-    the last one to end gives the worker its own settings back."""
+    the last one to end gives the worker its own settings back. Other threads of the worker
+    (Celery's, a run's fetch thread) see them too: their garbage is collected a little later and
+    they hand the interpreter lock over more often, neither of which changes what they do."""
     with _tuning_lock:
         if _tuning["runs"] == 0:
             _tuning["saved"] = (gc.get_threshold(), sys.getswitchinterval())
