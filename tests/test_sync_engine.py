@@ -9,6 +9,7 @@ import uuid
 from typing import ClassVar
 from unittest import mock
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 from django_tenants.utils import tenant_context
@@ -21,6 +22,7 @@ from connectors.protocol import v1
 from connectors.sync import engine, runner
 from identities import lifecycle
 from identities.models import Identity, LifecycleEvent
+from rapidvalue.webhooks.models import WebhookEvent, WebhookSubscription
 
 
 @register
@@ -169,23 +171,32 @@ def test_a_resync_locks_and_writes_only_the_identities_that_changed(world, conne
     assert moves == [{"department": ["Eng", "Sales"]}]
 
 
-def test_synced_rows_get_time_ordered_ids_and_a_run_relaxes_the_gc_only_while_it_runs(world, connector):
-    ScriptedConnector.seen_gc_thresholds = []
-    before = gc.get_threshold()
-    chunks = [{"entitlements": ENTITLEMENTS, "identities": [person(f"p{i}") for i in range(5)],
+TWO_CHUNKS = [{"entitlements": ENTITLEMENTS, "identities": [person(f"p{i}") for i in range(5)],
                "accounts": [account(f"a{i}", f"p{i}") for i in range(5)],
                "grants": [grant("g1", f"a{i}") for i in range(5)]},
               {"identities": [person("p9")]}]
-    assert sync(world, connector, chunks).status == "succeeded"
+
+
+def test_a_run_relaxes_the_gc_only_while_it_runs(world, connector):
+    ScriptedConnector.seen_gc_thresholds = []
+    before = gc.get_threshold()
+    assert sync(world, connector, TWO_CHUNKS).status == "succeeded"
     assert ScriptedConnector.seen_gc_thresholds == [runner.RUN_GC_THRESHOLDS] * 2
     assert gc.get_threshold() == before != runner.RUN_GC_THRESHOLDS
-    # Overlapping runs (threads of one worker): the settings come back when the last one ends.
+    # Overlapping runs (threads of one worker): the settings come back when the last one ends,
+    # and the oldest generation, seldom collected meanwhile, is collected then.
     interval = sys.getswitchinterval()
+    gc.collect(1)  # counts one collection of generation 1 towards the next of generation 2
     with runner._run_tuning():
         with runner._run_tuning():
             assert sys.getswitchinterval() == runner.RUN_SWITCH_INTERVAL
-        assert gc.get_threshold() == runner.RUN_GC_THRESHOLDS
+        assert gc.get_threshold() == runner.RUN_GC_THRESHOLDS and gc.get_count()[2] > 0
     assert (gc.get_threshold(), sys.getswitchinterval()) == (before, interval)
+    assert gc.get_count()[2] == 0
+
+
+def test_synced_rows_get_time_ordered_ids(world, connector):
+    assert sync(world, connector, TWO_CHUNKS).status == "succeeded"
 
     def ids(model, key):
         return [uuid.UUID(str(pk)) for pk in model.objects.order_by(key).values_list("pk", flat=True)]
@@ -359,6 +370,75 @@ def test_identities_without_lifecycle_events_are_no_first_load(world, connector)
     with transaction.atomic():
         assert in_acme(world, filled) == []
         transaction.set_rollback(True)
+
+
+def test_a_first_load_removes_repeated_sync_grants_only(world, connector):
+    g2 = in_acme(world, lambda: Entitlement.objects.create(application=connector.application, value="g2"))
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+    def birthright(event: lifecycle.Event) -> None:  # a rehire: an ended grant and an active one
+        if event.identity.external_id == "late":
+            for state in ("ended", "active"):
+                Grant.objects.create(identity=event.identity, entitlement=g2, source="birthright", state=state)
+
+    lifecycle.subscribe(lifecycle.JOINER, birthright)
+    try:
+        run, _, rows, spy = load(world, connector, FIRST_LOAD_CHUNKS, first_load=True)
+    finally:
+        lifecycle._subscribers[lifecycle.JOINER].remove(birthright)
+    assert run.status == "succeeded", run.error
+    assert "access_grant" in spy.call_args.args[0]
+    assert run.counts["grants_created"] == 4 and run.counts["grants_unchanged"] == 2  # the repeats went
+    assert [g for g in rows["grants"] if g[4] == "birthright"] == [(None, "late", "g2", "active", "birthright"),
+                                                                  (None, "late", "g2", "ended", "birthright")]
+
+
+def test_a_first_load_whose_tables_are_busy_loads_as_a_normal_one(world, connector, caplog):
+    before = in_acme(world, catalog)
+    *_, normal_rows, _ = load(world, connector, FIRST_LOAD_CHUNKS, first_load=False)
+    db = connection.settings_dict
+    # A long reader of one of the empty tables (a report, a console transaction left open).
+    with psycopg.connect(dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
+                         port=db["PORT"]) as reader:
+        reader.execute("SET idle_in_transaction_session_timeout = '30s'")  # never hangs the suite
+        reader.execute(f"SET search_path TO {world.acme.tenant.schema_name}")
+        reader.execute("SELECT count(*) FROM access_role").fetchone()
+        with mock.patch.object(engine, "FIRST_LOAD_LOCK_TIMEOUT", "200ms"):
+            started = time.monotonic()
+            run, after, rows, spy = load(world, connector, FIRST_LOAD_CHUNKS, first_load=True)
+            waited = time.monotonic() - started
+        reader.rollback()
+    assert run.status == "succeeded", run.error
+    spy.assert_called_once()
+    assert "busy for 200ms, loading with their indexes" in caplog.text and waited < 20
+    assert after == before and rows == normal_rows
+
+
+def test_a_source_takes_over_what_it_lists_and_ends_it_from_the_status_it_had(world, connector):
+    first = [{"identities": [person("kept"), person("taken"), person("held")]}]
+    assert sync(world, connector, first).status == "succeeded"
+
+    def by_hand() -> None:
+        Identity.objects.filter(external_id="taken").update(source="console")  # nothing else differs
+        Identity.objects.filter(external_id="held").update(status="suspended")
+        WebhookSubscription.objects.create(url="https://hooks.acme.example/leavers", secret_encrypted="x",
+                                           event_types=["identity.deactivated"])
+
+    in_acme(world, by_hand)
+    run = sync(world, connector, [{"identities": [person("kept"), person("taken")]}])
+    assert run.status == "succeeded", run.error
+    assert (run.counts["identities_updated"], run.counts["identities_unchanged"]) == (1, 1)
+    assert run.counts["identities_deleted"] == 1
+    people = in_acme(world, lambda: {i.external_id: i for i in Identity.objects.all()})
+    assert people["taken"].source == f"connector:{connector.pk}" and people["held"].status == "terminated"
+    payloads = in_acme(world, lambda: list(WebhookEvent.objects.filter(type="identity.deactivated")
+                                           .values_list("payload", flat=True)))
+    assert [p["changes"]["status"] for p in payloads] == [["suspended", "terminated"]]
+    # Taken over, it ends when the source drops it.
+    run = sync(world, connector, [{"identities": [person("kept")]}])
+    assert run.counts["identities_deleted"] == 1
+    assert in_acme(world, lambda: Identity.objects.get(external_id="taken").status) == "terminated"
 
 
 # Real failures, raised by PostgreSQL itself: a trigger refuses the second chunk's account, or

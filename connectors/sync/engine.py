@@ -26,6 +26,7 @@ that manager links and paths depend on changed (else :func:`finish` skips the tr
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -33,13 +34,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 
 from connectors.models import ConnectorInstance, SyncRun
 from connectors.protocol.v1 import RecordError, SyncResponse
 from identities import lifecycle
 from identities.models import Identity
 from rapidvalue.webhooks.events import emit_many, has_subscriptions
+
+logger = logging.getLogger(__name__)
 
 IDENTITY_STATUSES = {c for c, _ in Identity.Status.choices}
 EMPLOYMENT_TYPES = {c for c, _ in Identity.EmploymentType.choices}
@@ -106,8 +109,10 @@ class SetAside:
 
 ANALYZE_AFTER_ROWS = 10_000
 # For the merge of a chunk and for finish(), SET LOCAL: only the run's transactions, every run
-# (a small one never uses it). A statement has at most a few hashes or sorts, so a run stays far
-# below the worker's 1 GB; 4 MB (the default) spilled 200k-grant hashes to disk in batches.
+# (a small one never uses it). Memory of the PostgreSQL backend, not of the worker: each hash or
+# sort node of a statement may use it (hashes twice, hash_mem_multiplier), so the grants' merge
+# (five nodes) can reach some 600 MB on a 200k-grant chunk, once per concurrent run. 4 MB (the
+# default) spilled those hashes to disk in batches.
 SYNC_WORK_MEM = "64MB"
 # The id of each row an INSERT ... SELECT creates: a UUIDv7 (RFC 9562) whose first 20 hex digits
 # are the statement's (_new_ids(): the time in milliseconds, then 26 bits, monotonic in this
@@ -132,6 +137,10 @@ FIRST_LOAD_REFERENCED = ("access_role",)
 # Of those, the ones whose primary key and unique indexes go too: nothing refers to a grant, and
 # the first load of grants removes duplicates at the end (_REMOVE_DUPLICATE_GRANTS).
 FIRST_LOAD_UNIQUE_TOO = ("access_grant",)
+
+# How long a first load waits for its tables' locks before it loads as a normal run instead.
+FIRST_LOAD_LOCK_TIMEOUT = "5s"
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 
 # Session temporary tables of what a full sync saw: (name, key type).
 SEEN_TABLES = {"rv_seen_identity": "text", "rv_seen_account": "text", "rv_seen_grant": "uuid"}
@@ -190,11 +199,26 @@ def set_aside(tables: list[str]) -> SetAside:
     that a concurrent commit filled between the two checks stays locked, and keeps its upkeep.)
     A run that fails rolls the DROPs back with everything else: the indexes and constraints are
     never missing outside this transaction.
+
+    The locks are waited for FIRST_LOAD_LOCK_TIMEOUT at most: behind a waiting ACCESS EXCLUSIVE
+    request every other query of those tables queues too, so a long reader (a report, an open
+    console transaction) would stall them all. When they are not granted in time, nothing is set
+    aside and the run loads as a normal one (still in its one transaction).
     """
     if not connection.in_atomic_block:
         raise RuntimeError("set_aside() must run inside the first load's transaction")
     with connection.cursor() as cursor:
-        cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+        try:
+            with transaction.atomic():  # a savepoint: the locks granted before the timeout go with it
+                cursor.execute(f"SET LOCAL lock_timeout = '{FIRST_LOAD_LOCK_TIMEOUT}'")
+                cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+        except OperationalError as error:
+            if getattr(error.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            logger.warning("first load: tables %s busy for %s, loading with their indexes", tables,
+                           FIRST_LOAD_LOCK_TIMEOUT)
+            return SetAside([], [], [], [])
+        cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
         # Checked again under the lock: a row committed since first_load_tables() keeps its table's upkeep.
         locked = _empty(tables)
         tables = [t for t in locked if t in FIRST_LOAD_TABLES]
@@ -341,17 +365,20 @@ def _valid_date(value: str | None) -> str | None:
 _IDENTITY_COLUMNS = ("external_id", *IDENTITY_TEXT, "employment_type", "status", "start_date", "end_date",
                      "manager_external_id", "attributes")
 
+# The source too: an identity entered by hand (or by a connector since replaced) that this source
+# also lists is taken over even when nothing else differs, so that it ends when the source drops it.
 _IDENTITY_DIFFERS = """(i.email, i.first_name, i.last_name, i.display_name, i.department, i.title, i.location,
-        i.employment_type, i.status, i.start_date, i.end_date, i.manager_external_id, i.attributes)
+        i.employment_type, i.status, i.start_date, i.end_date, i.manager_external_id, i.attributes, i.source)
     IS DISTINCT FROM (s.email, s.first_name, s.last_name, s.display_name, s.department, s.title, s.location,
         s.employment_type, s.status, s.start_date::date, s.end_date::date, s.manager_external_id,
-        s.attributes::jsonb)"""
+        s.attributes::jsonb, %(source)s)"""
 
 # Only the rows that differ are locked (their old values read for the mover events) and written: a
-# resync locked every identity of the chunk before, which wrote each of their pages. FOR UPDATE
-# in ``old`` waits for a concurrent edit of a row and re-reads it (READ COMMITTED): the old values
-# of a mover event are those of the version this UPDATE replaces, and a row that the edit made
-# equal to the source is neither locked nor written.
+# resync locked every identity of the chunk before, which wrote each of their pages. A row that
+# differs in the statement's snapshot is locked in ``old``; if a concurrent edit holds it, FOR
+# UPDATE waits and re-reads it (READ COMMITTED), so the old values of a mover event are those of
+# the version this UPDATE replaces, and a row that the edit made equal is left alone. A row that an
+# edit committed during the statement made differ is not seen until the next run.
 _UPDATE_IDENTITIES = """
 WITH src AS (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id),
 old AS (
@@ -742,6 +769,8 @@ DELETE FROM access_grant g USING (
     SELECT id, row_number() OVER (PARTITION BY entitlement_id, account_id,
                                   CASE WHEN account_id IS NULL THEN identity_id END ORDER BY id) AS n
     FROM access_grant
+    -- The unique indexes' rows: a joiner subscriber's (birthright) grants are never removed.
+    WHERE source = 'sync' AND state = 'active'
 ) d
 WHERE g.id = d.id AND d.n > 1
 """
@@ -924,10 +953,14 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
                 gone = [row[0] for row in cursor.fetchall()]
                 cursor.execute("RESET enable_nestloop")  # the leavers' subscribers want their index probes
                 if gone:
-                    cursor.execute("UPDATE identities_identity SET status = 'terminated', updated_at = now() "
-                                   "WHERE id = ANY(%s) RETURNING id, department, title, location, 'active', "
-                                   "manager_external_id", [gone])
-                    _identity_events([], cursor.fetchall())
+                    cursor.execute("""
+                        WITH old AS (SELECT id, status FROM identities_identity WHERE id = ANY(%s) FOR UPDATE)
+                        UPDATE identities_identity i SET status = 'terminated', updated_at = now() FROM old
+                        WHERE i.id = old.id AND i.status <> 'terminated'
+                        RETURNING i.id, i.department, i.title, i.location, old.status, i.manager_external_id
+                    """, [gone])
+                    gone = cursor.fetchall()
+                    _identity_events([], gone)
                 counts["identities_deleted"] = len(gone)
             else:
                 cursor.execute("RESET enable_nestloop")

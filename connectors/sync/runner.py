@@ -10,8 +10,9 @@ nothing, its progress written through a second connection so that it stays visib
 A hosted connector fetches chunk N+1 in a background thread, and turns it into staging rows
 there (:func:`engine.stage`), while chunk N is merged: the merge then mostly waits on PostgreSQL
 (the GIL is released), so on two cores reading the source and writing the database overlap
-instead of adding up. Memory holds at most two chunks (as rows: the records go once staged). An agent-mode
-connector's pages are agent jobs, fetched in the run's own thread (see ``fetch``).
+instead of adding up. Memory holds about three chunks at most: the one being merged (as rows)
+and, while the next is staged, its records and its rows (the records go once staged). An
+agent-mode connector's pages are agent jobs, fetched in the run's own thread (see ``fetch``).
 
 A run whose agent is offline when it is due is not started: it stays queued with the reason in
 ``status_detail`` and :func:`execute` answers ``DEFERRED`` (the task looks again later), so a
@@ -134,6 +135,9 @@ def _run_tuning() -> Iterator[None]:
                 thresholds, interval = _tuning["saved"]
                 gc.set_threshold(*thresholds)
                 sys.setswitchinterval(interval)
+                # The older generations were seldom collected during the runs: whatever cyclic
+                # garbage they (or the worker's other threads) left is freed now, not much later.
+                gc.collect()
 
 
 def _execute(run: SyncRun) -> str:
