@@ -177,4 +177,7 @@ def test_a_new_agents_enrollment_code_is_shown_once_on_a_page_of_its_own(console
             made = list(Agent.objects.filter(name="console-made").values_list("pk", flat=True))
             ApiToken.objects.filter(agent_id__in=made).delete()
             Agent.objects.filter(pk__in=made).delete()
-        connection.set_schema_to_public()
+        # Playwright's event loop runs in this thread, so Django gave this block a connection of
+        # its own (connections are per thread and per async context): closed here, or it stays
+        # open after the loop and the test database cannot be dropped at the end of the session.
+        connection.close()
