@@ -69,8 +69,8 @@ class Identity(models.Model):
             # outside their subtree without reading the table.
             models.Index(fields=["last_name", "first_name", "id"], include=["path"], name="identity_name_path_idx"),
             models.Index(fields=["path"], opclasses=["varchar_pattern_ops"], name="identity_path_prefix_idx"),
+            # Email is matched case-insensitively only (account correlation): no plain index.
             models.Index(Upper("email"), name="identity_email_upper_idx"),
-            models.Index(fields=["email"], name="identity_email_idx"),
             models.Index(fields=["department"], name="identity_department_idx"),
             models.Index(fields=["status"], name="identity_status_idx"),
             models.Index(fields=["manager_external_id"], name="identity_manager_ext_idx"),
