@@ -171,13 +171,15 @@ def test_a_new_agents_enrollment_code_is_shown_once_on_a_page_of_its_own(console
         assert registered.status_code == 201, registered.text
         assert api.post("/api/v1/agent/register", json={"code": code}).status_code == 401  # once only
     finally:
-        with django_db_blocker.unblock(), tenant_context(world.acme.tenant):
-            from rapidvalue.authn.models import ApiToken
+        try:
+            with django_db_blocker.unblock(), tenant_context(world.acme.tenant):
+                from rapidvalue.authn.models import ApiToken
 
-            made = list(Agent.objects.filter(name="console-made").values_list("pk", flat=True))
-            ApiToken.objects.filter(agent_id__in=made).delete()
-            Agent.objects.filter(pk__in=made).delete()
-        # Playwright's event loop runs in this thread, so Django gave this block a connection of
-        # its own (connections are per thread and per async context): closed here, or it stays
-        # open after the loop and the test database cannot be dropped at the end of the session.
-        connection.close()
+                made = list(Agent.objects.filter(name="console-made").values_list("pk", flat=True))
+                ApiToken.objects.filter(agent_id__in=made).delete()
+                Agent.objects.filter(pk__in=made).delete()
+        finally:
+            # Playwright's event loop runs in this thread, so Django gave this block a connection of
+            # its own (connections are per thread and per async context): closed here, or it stays
+            # open after the loop and the test database cannot be dropped at the end of the session.
+            connection.close()

@@ -411,8 +411,30 @@ def test_a_first_load_whose_tables_are_busy_loads_as_a_normal_one(world, connect
         reader.rollback()
     assert run.status == "succeeded", run.error
     spy.assert_called_once()
-    assert "busy for 200ms, loading with their indexes" in caplog.text and waited < 20
+    assert "busy for 200ms, loading as a normal run" in caplog.text and waited < 20
     assert after == before and rows == normal_rows
+
+
+def test_a_first_load_leaves_the_sessions_timeouts_as_they_were(world, connector):
+    from django.test import override_settings
+
+    seen = []
+
+    def set_aside_then_look(tables):
+        aside = real_set_aside(tables)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
+            seen.append(cursor.fetchone())
+        return aside
+
+    real_set_aside = engine.set_aside
+    with connection.cursor() as cursor:  # the session's own values (rolled back with the test)
+        cursor.execute("SET lock_timeout = '7s'; SET statement_timeout = '9min'")
+    with override_settings(SYNC_FIRST_LOAD_MIN_RECORDS=0), transaction.atomic(), \
+            mock.patch.object(engine, "set_aside", set_aside_then_look):
+        assert sync(world, connector, FIRST_LOAD_CHUNKS).status == "succeeded"
+        transaction.set_rollback(True)
+    assert seen == [("7s", "9min")]
 
 
 def test_a_source_takes_over_what_it_lists_and_ends_it_from_the_status_it_had(world, connector):
@@ -423,7 +445,7 @@ def test_a_source_takes_over_what_it_lists_and_ends_it_from_the_status_it_had(wo
         Identity.objects.filter(external_id="taken").update(source="console")  # nothing else differs
         Identity.objects.filter(external_id="held").update(status="suspended")
         WebhookSubscription.objects.create(url="https://hooks.acme.example/leavers", secret_encrypted="x",
-                                           event_types=["identity.deactivated"])
+                                           event_types=["identity.deactivated", "identity.updated"])
 
     in_acme(world, by_hand)
     run = sync(world, connector, [{"identities": [person("kept"), person("taken")]}])
@@ -435,10 +457,26 @@ def test_a_source_takes_over_what_it_lists_and_ends_it_from_the_status_it_had(wo
     payloads = in_acme(world, lambda: list(WebhookEvent.objects.filter(type="identity.deactivated")
                                            .values_list("payload", flat=True)))
     assert [p["changes"]["status"] for p in payloads] == [["suspended", "terminated"]]
+    # Taken over with the same data: no identity.updated for a change nobody can see.
+    assert in_acme(world, lambda: WebhookEvent.objects.filter(type="identity.updated").count()) == 0
     # Taken over, it ends when the source drops it.
     run = sync(world, connector, [{"identities": [person("kept")]}])
     assert run.counts["identities_deleted"] == 1
     assert in_acme(world, lambda: Identity.objects.get(external_id="taken").status) == "terminated"
+
+
+def test_two_hr_sources_listing_the_same_people_do_not_take_them_from_each_other(world, connector):
+    other = in_acme(world, lambda: services.create_connector(name="Scripted 2", type="test-scripted",
+                                                             authoritative=True))
+    people = [{"identities": [person("p1"), person("p2")]}]
+    assert sync(world, connector, people).counts["identities_created"] == 2
+    run = sync(world, other, people)
+    assert (run.counts["identities_updated"], run.counts["identities_unchanged"]) == (0, 2)
+    sources = in_acme(world, lambda: set(Identity.objects.values_list("source", flat=True)))
+    assert sources == {f"connector:{connector.pk}"}
+    # Disabled, it is a source like any other: an enabled one takes its people over.
+    in_acme(world, lambda: ConnectorInstance.objects.filter(pk=connector.pk).update(enabled=False))
+    assert sync(world, other, people).counts["identities_updated"] == 2
 
 
 # Real failures, raised by PostgreSQL itself: a trigger refuses the second chunk's account, or

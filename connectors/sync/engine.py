@@ -91,6 +91,8 @@ class SyncState:
     inserted: Counter = field(default_factory=Counter)
     # A first load into empty tables: the index and foreign-key upkeep set aside until finish().
     set_aside: SetAside | None = None
+    # The sources of the other enabled authoritative connectors: their identities are not taken over.
+    other_sources: list[str] = field(default_factory=list)
 
     def began_empty(self, table: str) -> bool:
         """Whether ``table`` was empty when this first load began: nothing in it to find or to end."""
@@ -140,7 +142,12 @@ FIRST_LOAD_UNIQUE_TOO = ("access_grant",)
 
 # How long a first load waits for its tables' locks before it loads as a normal run instead.
 FIRST_LOAD_LOCK_TIMEOUT = "5s"
-LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+LOCK_NOT_AVAILABLE, QUERY_CANCELED = "55P03", "57014"  # SQLSTATEs of lock_timeout, statement_timeout
+_SET_TIMEOUTS = "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+
+
+class NoFirstLoad(Exception):
+    """:func:`set_aside` wrote nothing: its tables are busy, or no longer empty."""
 
 # Session temporary tables of what a full sync saw: (name, key type).
 SEEN_TABLES = {"rv_seen_identity": "text", "rv_seen_account": "text", "rv_seen_grant": "uuid"}
@@ -160,6 +167,8 @@ def begin(run: SyncRun, connector: ConnectorInstance) -> SyncState:
                            WHERE e.application_id = %s AND g.source = 'sync' AND g.state = 'active')
         """, [connector.application_id])
         state.grants_first_load = not cursor.fetchone()[0]
+    state.other_sources = [f"connector:{pk}" for pk in ConnectorInstance.objects.filter(
+        authoritative=True, enabled=True).exclude(pk=connector.pk).values_list("pk", flat=True)]
     return state
 
 
@@ -200,30 +209,34 @@ def set_aside(tables: list[str]) -> SetAside:
     A run that fails rolls the DROPs back with everything else: the indexes and constraints are
     never missing outside this transaction.
 
-    The locks are waited for FIRST_LOAD_LOCK_TIMEOUT at most: behind a waiting ACCESS EXCLUSIVE
-    request every other query of those tables queues too, so a long reader (a report, an open
-    console transaction) would stall them all. When they are not granted in time, nothing is set
-    aside and the run loads as a normal one (still in its one transaction).
+    The locks are waited for FIRST_LOAD_LOCK_TIMEOUT at most, all tables together: behind a
+    waiting ACCESS EXCLUSIVE request every other query of those tables queues too, so a long
+    reader (a report, an open console transaction) would stall them all. When they are not
+    granted in time, or no table it fills is still empty, it raises :class:`NoFirstLoad` having
+    written nothing: the caller leaves the transaction and runs a normal load, chunk by chunk.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("set_aside() must run inside the first load's transaction")
     with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
+        saved = cursor.fetchone()
         try:
             with transaction.atomic():  # a savepoint: the locks granted before the timeout go with it
-                cursor.execute(f"SET LOCAL lock_timeout = '{FIRST_LOAD_LOCK_TIMEOUT}'")
+                # lock_timeout counts per lock; statement_timeout bounds the whole LOCK statement.
+                cursor.execute(_SET_TIMEOUTS, [FIRST_LOAD_LOCK_TIMEOUT] * 2)
                 cursor.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
         except OperationalError as error:
-            if getattr(error.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            if getattr(error.__cause__, "sqlstate", None) not in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
                 raise
-            logger.warning("first load: tables %s busy for %s, loading with their indexes", tables,
+            logger.warning("first load: tables %s busy for %s, loading as a normal run", tables,
                            FIRST_LOAD_LOCK_TIMEOUT)
-            return SetAside([], [], [], [])
-        cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
+            raise NoFirstLoad("tables busy") from error
+        cursor.execute(_SET_TIMEOUTS, saved)  # the session's own values, for the rest of the run
         # Checked again under the lock: a row committed since first_load_tables() keeps its table's upkeep.
         locked = _empty(tables)
         tables = [t for t in locked if t in FIRST_LOAD_TABLES]
         if not tables:
-            return SetAside([], [], [], [])
+            raise NoFirstLoad("filled meanwhile")
         # A primary key or unique index that a foreign key stands on stays (none does today).
         cursor.execute("SELECT confrelid::regclass::text FROM pg_constraint WHERE contype = 'f' "
                        "AND confrelid = ANY(%s::regclass[])", [list(FIRST_LOAD_UNIQUE_TOO)])
@@ -365,13 +378,17 @@ def _valid_date(value: str | None) -> str | None:
 _IDENTITY_COLUMNS = ("external_id", *IDENTITY_TEXT, "employment_type", "status", "start_date", "end_date",
                      "manager_external_id", "attributes")
 
-# The source too: an identity entered by hand (or by a connector since replaced) that this source
-# also lists is taken over even when nothing else differs, so that it ends when the source drops it.
-_IDENTITY_DIFFERS = """(i.email, i.first_name, i.last_name, i.display_name, i.department, i.title, i.location,
-        i.employment_type, i.status, i.start_date, i.end_date, i.manager_external_id, i.attributes, i.source)
+_IDENTITY_DATA_DIFFERS = """(i.email, i.first_name, i.last_name, i.display_name, i.department, i.title,
+        i.location, i.employment_type, i.status, i.start_date, i.end_date, i.manager_external_id, i.attributes)
     IS DISTINCT FROM (s.email, s.first_name, s.last_name, s.display_name, s.department, s.title, s.location,
         s.employment_type, s.status, s.start_date::date, s.end_date::date, s.manager_external_id,
-        s.attributes::jsonb, %(source)s)"""
+        s.attributes::jsonb)"""
+# The source too: an identity entered by hand (or by a connector since removed) that this source
+# also lists is taken over even when nothing else differs, so that it ends when the source drops
+# it. Not from another enabled authoritative connector: two HR sources listing the same person
+# would take it from each other on every run.
+_IDENTITY_DIFFERS = ("(" + _IDENTITY_DATA_DIFFERS
+                     + " OR (i.source IS DISTINCT FROM %(source)s AND i.source <> ALL(%(other_sources)s)))")
 
 # Only the rows that differ are locked (their old values read for the mover events) and written: a
 # resync locked every identity of the chunk before, which wrote each of their pages. A row that
@@ -382,7 +399,8 @@ _IDENTITY_DIFFERS = """(i.email, i.first_name, i.last_name, i.display_name, i.de
 _UPDATE_IDENTITIES = """
 WITH src AS (SELECT DISTINCT ON (external_id) * FROM stage_identity ORDER BY external_id),
 old AS (
-    SELECT i.id, i.external_id, i.department, i.title, i.location, i.status, i.manager_external_id
+    SELECT i.id, i.external_id, i.department, i.title, i.location, i.status, i.manager_external_id,
+           """ + _IDENTITY_DATA_DIFFERS + """ AS data_changed
     FROM identities_identity i JOIN src s USING (external_id)
     WHERE """ + _IDENTITY_DIFFERS + """
     FOR UPDATE OF i
@@ -395,7 +413,7 @@ UPDATE identities_identity i SET
     updated_at = now()
 FROM src s JOIN old o USING (external_id)
 WHERE i.id = o.id AND """ + _IDENTITY_DIFFERS + """
-RETURNING i.id, o.department, o.title, o.location, o.status, o.manager_external_id
+RETURNING i.id, o.department, o.title, o.location, o.status, o.manager_external_id, o.data_changed
 """  # noqa: S608 (constants only)
 
 # New identities are inserted with their manager link and path already set when the manager is
@@ -495,9 +513,11 @@ def _merge_identities(run: SyncRun, state: SyncState, staged: Staged, result: Ch
     _copy("stage_identity", _IDENTITY_COLUMNS, rows)
     with connection.cursor() as cursor:
         source = {"source": f"connector:{run.connector_id}"}
-        cursor.execute(_UPDATE_IDENTITIES, source)
+        cursor.execute(_UPDATE_IDENTITIES, {**source, "other_sources": state.other_sources})
         source.update(_new_ids())
-        updated = cursor.fetchall()
+        returned = cursor.fetchall()
+        updated = [row[:-1] for row in returned]
+        taken_over = {row[0] for row in returned if not row[-1]}  # only the source changed
         # Joins against the CTEs (no index, no statistics) must hash: as nested loops they scan the
         # chunk once per new identity (seconds for 10k).
         cursor.execute("SET LOCAL enable_nestloop = off")
@@ -517,10 +537,10 @@ def _merge_identities(run: SyncRun, state: SyncState, staged: Staged, result: Ch
     result.counts["identities_created"] += created
     result.counts["identities_updated"] += len(updated)
     result.counts["identities_unchanged"] += staged.distinct_identities - created - len(updated)
-    _identity_events(inserted, updated)
+    _identity_events(inserted, updated, taken_over)
 
 
-def _identity_events(inserted: list, updated: list) -> None:
+def _identity_events(inserted: list, updated: list, taken_over: set | frozenset = frozenset()) -> None:
     """Joiner, mover and leaver events (and their webhooks) for what this chunk changed.
 
     A first load makes every identity a joiner: when no joiner subscriber and no webhook
@@ -558,7 +578,8 @@ def _identity_events(inserted: list, updated: list) -> None:
             if changes:
                 movers.append(person)
                 mover_changes.append(changes)
-            updated_payloads.append({"identity": webhook_data(person), "changes": changes})
+            if pk not in taken_over:  # taken over from another source, same data: nothing to tell
+                updated_payloads.append({"identity": webhook_data(person), "changes": changes})
     lifecycle.raise_events_bulk(lifecycle.MOVER, movers, mover_changes)
     lifecycle.raise_events_bulk(lifecycle.LEAVER, leavers, [{} for _ in leavers])
     if hooks["identity.updated"]:
@@ -762,8 +783,9 @@ WHERE e.id IS NULL OR NOT (a.id IS NOT NULL{or_identity})
 LIMIT 1000
 """
 
-# Every grant in access_grant came from this first load: keep one of each (account or identity,
-# entitlement), the key of the unique indexes grant_sync_account_uniq and grant_sync_identity_uniq.
+# access_grant began empty: its active sync grants all came from this first load (others, such as a
+# joiner subscriber's birthright grants, may be there too). Keep one of each (account or identity,
+# entitlement), the key and the rows of the unique indexes grant_sync_account_uniq and grant_sync_identity_uniq.
 _REMOVE_DUPLICATE_GRANTS = """
 DELETE FROM access_grant g USING (
     SELECT id, row_number() OVER (PARTITION BY entitlement_id, account_id,
@@ -956,9 +978,9 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
                     cursor.execute("""
                         WITH old AS (SELECT id, status FROM identities_identity WHERE id = ANY(%s) FOR UPDATE)
                         UPDATE identities_identity i SET status = 'terminated', updated_at = now() FROM old
-                        WHERE i.id = old.id AND i.status <> 'terminated'
+                        WHERE i.id = old.id AND i.status <> 'terminated' AND i.source = %s
                         RETURNING i.id, i.department, i.title, i.location, old.status, i.manager_external_id
-                    """, [gone])
+                    """, [gone, f"connector:{connector.pk}"])
                     gone = cursor.fetchall()
                     _identity_events([], gone)
                 counts["identities_deleted"] = len(gone)

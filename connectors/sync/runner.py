@@ -131,13 +131,17 @@ def _run_tuning() -> Iterator[None]:
     finally:
         with _tuning_lock:
             _tuning["runs"] -= 1
+            collect = False
             if _tuning["runs"] == 0:
                 thresholds, interval = _tuning["saved"]
                 gc.set_threshold(*thresholds)
                 sys.setswitchinterval(interval)
-                # The older generations were seldom collected during the runs: whatever cyclic
-                # garbage they (or the worker's other threads) left is freed now, not much later.
-                gc.collect()
+                collect = True
+        if collect:
+            # The older generations were seldom collected during the runs: whatever cyclic garbage
+            # they (or the worker's other threads) left is freed now, not much later (unlocked: a
+            # run starting meanwhile does not wait for it).
+            gc.collect()
 
 
 def _execute(run: SyncRun) -> str:
@@ -172,7 +176,7 @@ def _execute(run: SyncRun) -> str:
         if not response.success:
             return response, None
         staged = engine.stage(response, connector.authoritative)
-        # Only the rows are merged: the records they came from can go now (at most two chunks in memory).
+        # Only the rows are merged: the records they came from can go now (see the module docstring).
         response.identities, response.accounts, response.entitlements, response.grants = [], [], [], []
         return response, staged
 
@@ -185,9 +189,16 @@ def _execute(run: SyncRun) -> str:
         bulk = _first_load_tables(connector, first, staged) if dispatcher.mode == "hosted" else []
         # A big first load runs in one transaction, its index and foreign-key upkeep set aside
         # (engine.set_aside): all or nothing, where other runs commit chunk by chunk.
-        with _progress_alias(bool(bulk)) as using, transaction.atomic() if bulk else contextlib.nullcontext():
+        with contextlib.ExitStack() as first_load:
+            using = DEFAULT_DB_ALIAS
             if bulk:
-                state.set_aside = engine.set_aside(bulk)
+                using = first_load.enter_context(_progress_alias(True))
+                first_load.enter_context(transaction.atomic())
+                try:
+                    state.set_aside = engine.set_aside(bulk)
+                except engine.NoFirstLoad:
+                    first_load.close()  # nothing was written: out of the transaction, a normal run
+                    using = DEFAULT_DB_ALIAS
             response = first
             del first
             while True:
@@ -215,7 +226,7 @@ def _execute(run: SyncRun) -> str:
                         total_estimate=run.total_estimate, progress=run.progress)
                     run.counts = totals
                 callbacks.send_progress(run, using=using)
-                del response, staged, result  # the next chunk is already in memory: keep at most two
+                del response, staged, result  # the next chunk is already in memory: free this one
                 if pending is None:
                     break
                 (response, staged), pending = pending.result(), None
