@@ -419,6 +419,7 @@ def test_a_first_load_leaves_the_sessions_timeouts_as_they_were(world, connector
     from django.test import override_settings
 
     seen = []
+    real_set_aside = engine.set_aside
 
     def set_aside_then_look(tables):
         aside = real_set_aside(tables)
@@ -427,7 +428,6 @@ def test_a_first_load_leaves_the_sessions_timeouts_as_they_were(world, connector
             seen.append(cursor.fetchone())
         return aside
 
-    real_set_aside = engine.set_aside
     with connection.cursor() as cursor:  # the session's own values (rolled back with the test)
         cursor.execute("SET lock_timeout = '7s'; SET statement_timeout = '9min'")
     with override_settings(SYNC_FIRST_LOAD_MIN_RECORDS=0), transaction.atomic(), \

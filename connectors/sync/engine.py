@@ -974,6 +974,7 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
                 """, [f"connector:{connector.pk}"])
                 gone = [row[0] for row in cursor.fetchall()]
                 cursor.execute("RESET enable_nestloop")  # the leavers' subscribers want their index probes
+                ended: list = []
                 if gone:
                     cursor.execute("""
                         WITH old AS (SELECT id, status FROM identities_identity WHERE id = ANY(%s) FOR UPDATE)
@@ -981,9 +982,9 @@ def finish(run: SyncRun, connector: ConnectorInstance, state: SyncState) -> Coun
                         WHERE i.id = old.id AND i.status <> 'terminated' AND i.source = %s
                         RETURNING i.id, i.department, i.title, i.location, old.status, i.manager_external_id
                     """, [gone, f"connector:{connector.pk}"])
-                    gone = cursor.fetchall()
-                    _identity_events([], gone)
-                counts["identities_deleted"] = len(gone)
+                    ended = cursor.fetchall()
+                    _identity_events([], ended)
+                counts["identities_deleted"] = len(ended)
             else:
                 cursor.execute("RESET enable_nestloop")
         discard()
